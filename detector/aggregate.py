@@ -1,0 +1,85 @@
+"""De-duplication and the alert lifecycle, on packet time.
+
+One alert per (client, signature, hostname, evidence kind) per window (default an hour of
+capture time): the first match opens the window, later matches only bump its count and
+``last_seen``.  An alert leaves when capture time passes the end of its window, or at
+``flush()``; so its count is final when it is written.  The table is capped: past
+``max_open`` open alerts the oldest leaves early (counted in ``early``).
+With ``dedup=False`` every match leaves at once as an alert with count 1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .model import Alert, Match
+
+Key = tuple[str, int, str, str]
+
+
+class _Open:
+    __slots__ = ("match", "count", "first", "last", "source")
+
+    def __init__(self, match: Match, source: str | None) -> None:
+        ts = match.observation.ts
+        self.match = match
+        self.count = 1
+        self.first = ts
+        self.last = ts
+        self.source = source
+
+    def alert(self) -> Alert:
+        return Alert(self.match, self.count, self.first, self.last, self.source)
+
+
+class Aggregator:
+    def __init__(self, window: float = 3600.0, dedup: bool = True, max_open: int = 100_000) -> None:
+        self.window = window
+        self.dedup = dedup
+        self.max_open = max_open
+        self._open: OrderedDict[Key, _Open] = OrderedDict()
+        self.matches = 0
+        self.early = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, match: Match, source: str | None = None) -> list[Alert]:
+        """Record a match; return the alerts whose window closed by now."""
+        self.matches += 1
+        obs = match.observation
+        if not self.dedup:
+            return [Alert(match, 1, obs.ts, obs.ts, source)]
+        out = self.expire(obs.ts)
+        key = (obs.client, match.signature.id, obs.hostname, obs.evidence.value)
+        cur = self._open.get(key)
+        if cur is not None and obs.ts < cur.first + self.window:
+            cur.count += 1
+            if obs.ts > cur.last:
+                cur.last = obs.ts
+            if obs.ts < cur.first:  # files replayed out of time order
+                cur.first = obs.ts
+            return out
+        if cur is not None:  # same key, next window: close the old one now
+            out.append(self._open.pop(key).alert())
+        self._open[key] = _Open(match, source)
+        while len(self._open) > self.max_open:
+            out.append(self._open.popitem(last=False)[1].alert())
+            self.early += 1
+        return out
+
+    def expire(self, now: float) -> list[Alert]:
+        out: list[Alert] = []
+        op = self._open
+        while op:
+            first = next(iter(op.values()))
+            if now < first.first + self.window:
+                break
+            out.append(op.popitem(last=False)[1].alert())
+        return out
+
+    def flush(self) -> list[Alert]:
+        out = [o.alert() for o in self._open.values()]
+        self._open.clear()
+        out.sort(key=lambda a: a.first_seen)
+        return out

@@ -1,0 +1,282 @@
+"""Streaming readers for pcap and pcapng files, plain or compressed.
+
+Records are read in large chunks and sliced with ``struct.unpack_from``, never whole files
+and never through scapy.  A file that ends inside a record is not an error: the frames
+before the cut are yielded and ``CaptureFile.warning`` says where the file was cut.
+
+Supported:
+- pcap: both byte orders, micro- and nanosecond timestamps (magic a1b2c3d4 / a1b23c4d);
+- pcapng: any number of sections and interfaces, a link type per interface, ``if_tsresol``
+  and ``if_tsoffset``; enhanced, simple and obsolete packet blocks; other blocks skipped;
+- gzip, bzip2 and xz compression, recognised by magic bytes (not by file name).
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import lzma
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ..errors import CaptureError
+
+CHUNK = 1 << 20
+# A record longer than this cannot be real (libpcap's own ceiling is 256 KiB; jumbo frames
+# and 64 KiB loopback packets fit well below 1 MiB).  Beyond it the file is damaged.
+MAX_RECORD = 1 << 20
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+COMPRESSED_MAGICS = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+}
+# Names taken when a directory is expanded (explicitly named files are always tried).
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".ntar")
+COMPRESSION_SUFFIXES = ("", ".gz", ".bz2", ".xz")
+
+Record = tuple[float, int, bytes, int]  # ts, linktype, data, wire length
+
+
+def expand_paths(args: list[str]) -> tuple[list[str], list[str]]:
+    """Files, directories (recursively, capture-looking names only) and globs -> file list.
+
+    Returns (files, problems); a problem is a one-line message naming the argument.
+    """
+    files: list[str] = []
+    problems: list[str] = []
+    for arg in args:
+        if os.path.isdir(arg):
+            found = []
+            for root, dirs, names in os.walk(arg):
+                dirs.sort()
+                for name in sorted(names):
+                    low = name.lower()
+                    if any(low.endswith(c + z) for c in CAPTURE_SUFFIXES for z in COMPRESSION_SUFFIXES):
+                        found.append(os.path.join(root, name))
+            if not found:
+                problems.append(f"{arg}: directory holds no capture files")
+            files.extend(found)
+        elif os.path.exists(arg) or arg == "-":
+            files.append(arg)
+        elif glob.has_magic(arg):
+            matched = sorted(glob.glob(arg, recursive=True))
+            if not matched:
+                problems.append(f"{arg}: no file matches this pattern")
+            files.extend(p for p in matched if os.path.isfile(p))
+        else:
+            problems.append(f"{arg}: no such file or directory")
+    return files, problems
+
+
+class CaptureFile:
+    """Iterate the records of one capture file: ``for ts, linktype, data, wirelen in cf``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.warning: str | None = None
+        self.format = "?"
+        self.compression: str | None = None
+        self.records = 0
+        self.bytes = 0
+        self._fh = self._open(path)
+
+    # -- opening -----------------------------------------------------------------------
+    def _open(self, path: str) -> BinaryIO:
+        try:
+            raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        head = raw.read(6)
+        raw.seek(0)
+        fh: BinaryIO = raw
+        for magic, kind in COMPRESSED_MAGICS.items():
+            if head.startswith(magic):
+                self.compression = kind
+                if kind == "gzip":
+                    fh = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+                elif kind == "bzip2":
+                    fh = bz2.BZ2File(raw)  # type: ignore[assignment]
+                else:
+                    fh = lzma.LZMAFile(raw)  # type: ignore[assignment]
+                break
+        self._raw = raw
+        return fh
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self) -> CaptureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._fh.read(n)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            # A compressed stream cut short or corrupt: keep what came before it.
+            self.warning = f"compressed data ends early or is corrupt ({exc})"
+            return b""
+
+    def __iter__(self) -> Iterator[Record]:
+        head = self._read(24)
+        if not head:
+            if self.warning:
+                raise CaptureError(f"{self.path}: {self.warning}")
+            raise CaptureError(f"{self.path}: empty file, not a capture")
+        magic = head[:4]
+        if magic in PCAP_MAGICS:
+            self.format = "pcap"
+            return self._iter_pcap(head)
+        if magic == PCAPNG_SHB:
+            self.format = "pcapng"
+            return self._iter_pcapng(head)
+        raise CaptureError(f"{self.path}: not a pcap or pcapng capture (magic {head[:4].hex()})")
+
+    def _iter_pcap(self, head: bytes) -> Iterator[Record]:
+        if len(head) < 24:
+            self.warning = "file ends inside the pcap file header"
+            return
+        endian, unit = PCAP_MAGICS[head[:4]]
+        linktype = struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF
+        rec_hdr = struct.Struct(endian + "IIII")
+        buf = b""
+        pos = 0
+        read = self._read
+        while True:
+            if len(buf) - pos < 16:
+                more = read(CHUNK)
+                buf = buf[pos:] + more
+                pos = 0
+                if len(buf) < 16:
+                    if buf:
+                        self.warning = f"file cut inside a record header after {self.records} records"
+                    return
+            sec, frac, caplen, wirelen = rec_hdr.unpack_from(buf, pos)
+            if caplen > MAX_RECORD:
+                self.warning = (
+                    f"damaged record after {self.records} records "
+                    f"(captured length {caplen} is impossible); rest of file skipped"
+                )
+                return
+            end = pos + 16 + caplen
+            if end > len(buf):
+                more = read(max(CHUNK, caplen + 16))
+                buf = buf[pos:] + more
+                pos = 0
+                end = 16 + caplen
+                if end > len(buf):
+                    self.warning = f"file cut inside a packet after {self.records} records"
+                    return
+            self.records += 1
+            self.bytes += caplen
+            yield sec + frac * unit, linktype, buf[pos + 16 : end], wirelen
+            pos = end
+
+    def _iter_pcapng(self, head: bytes) -> Iterator[Record]:
+        buf = head
+        pos = 0
+        endian = "<"
+        interfaces: list[tuple[int, float, int]] = []  # linktype, ts unit, ts offset
+        read = self._read
+        while True:
+            if len(buf) - pos < 12:
+                buf = buf[pos:] + read(CHUNK)
+                pos = 0
+                if len(buf) < 12:
+                    if buf:
+                        self.warning = f"file cut inside a block header after {self.records} records"
+                    return
+            btype = buf[pos : pos + 4]
+            if btype == PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    self.warning = "bad byte-order mark in a pcapng section header; rest skipped"
+                    return
+                interfaces = []
+            blocktype, blocklen = struct.unpack_from(endian + "II", buf, pos)
+            if blocklen < 12 or blocklen % 4 or blocklen > MAX_RECORD + 64:
+                self.warning = (
+                    f"damaged pcapng block after {self.records} records "
+                    f"(block length {blocklen}); rest of file skipped"
+                )
+                return
+            end = pos + blocklen
+            if end > len(buf):
+                buf = buf[pos:] + read(max(CHUNK, blocklen))
+                pos = 0
+                end = blocklen
+                if end > len(buf):
+                    self.warning = f"file cut inside a block after {self.records} records"
+                    return
+            body = pos + 8
+            if blocktype == 6 or blocktype == 2:  # enhanced / obsolete packet block
+                if blocktype == 6:
+                    ifid, tsh, tsl, caplen, wirelen = struct.unpack_from(endian + "IIIII", buf, body)
+                else:
+                    ifid, _drops, tsh, tsl, caplen, wirelen = struct.unpack_from(
+                        endian + "HHIIII", buf, body
+                    )
+                data_at = body + 20
+                if ifid < len(interfaces) and data_at + caplen <= end - 4:
+                    linktype, unit, offset = interfaces[ifid]
+                    self.records += 1
+                    self.bytes += caplen
+                    yield (
+                        ((tsh << 32) | tsl) * unit + offset,
+                        linktype,
+                        buf[data_at : data_at + caplen],
+                        wirelen,
+                    )
+                else:
+                    self.warning = f"pcapng packet block with a bad interface or length after {self.records} records"
+            elif blocktype == 3:  # simple packet block: interface 0, no timestamp
+                if interfaces:
+                    (wirelen,) = struct.unpack_from(endian + "I", buf, body)
+                    caplen = min(wirelen, blocklen - 16)
+                    self.records += 1
+                    self.bytes += caplen
+                    yield 0.0, interfaces[0][0], buf[body + 4 : body + 4 + caplen], wirelen
+            elif blocktype == 1:  # interface description block
+                linktype = struct.unpack_from(endian + "H", buf, body)[0]
+                unit, offset = _idb_options(buf, body + 8, end - 4, endian)
+                interfaces.append((linktype, unit, offset))
+            pos = end
+
+
+def _idb_options(buf: bytes, pos: int, end: int, endian: str) -> tuple[float, int]:
+    """Read if_tsresol (9) and if_tsoffset (14) from an IDB's options."""
+    unit, offset = 1e-6, 0
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(endian + "HH", buf, pos)
+        if code == 0:
+            break
+        val = buf[pos + 4 : pos + 4 + length]
+        if code == 9 and length >= 1:
+            r = val[0]
+            unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+        elif code == 14 and length >= 8:
+            offset = struct.unpack_from(endian + "q", val)[0]
+        pos += 4 + length + (-length % 4)
+    return unit, offset

@@ -1,0 +1,183 @@
+"""Command line: ``detector replay``, ``detector signatures check|list``.
+
+The only place that maps errors to exit statuses:
+  0  the run completed (with or without alerts; damaged-but-readable files only warn)
+  1  one or more inputs could not be read (each named on standard error); the others ran
+  2  usage, signature or output errors: nothing was read
+  3  an internal error (a bug); rerun with --debug for the traceback
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from . import __version__
+from .capture.pcap import CaptureFile, expand_paths
+from .errors import CaptureError, ConfigError, DetectorError, SignatureError, SinkError
+from .formats import get_format
+from .pipeline import Detector
+from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
+from .sinks.file import FileSink
+from .summary import RunInfo, render
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"detector: {msg}\n")
+
+
+def _signatures(args: argparse.Namespace) -> SignatureSet:
+    paths = list(args.signatures or [])
+    if args.add_signatures:
+        paths = (paths or pack_files(None)) + list(args.add_signatures)
+    return load_signatures(paths or None)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    sigs = _signatures(args)
+    fmt = get_format("eve")
+    files, problems = expand_paths(args.paths)
+    if not files and problems:
+        for p in problems:
+            _err(p)
+        return EXIT_INPUT
+    sink = FileSink(args.output or "-")
+    det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug)
+    run = RunInfo(files_failed=list(problems))
+    for p in problems:
+        _err(p)
+    start = time.perf_counter()
+
+    def emit(alerts: list) -> None:
+        for a in alerts:
+            sink.write(fmt(a))
+        run.alerts_written += len(alerts)
+
+    try:
+        for path in files:
+            try:
+                cf = CaptureFile(path)
+            except CaptureError as exc:
+                _err(str(exc))
+                run.files_failed.append(str(exc))
+                continue
+            det.set_source(path)
+            try:
+                with cf:
+                    feed = det.feed
+                    for ts, linktype, data, _wirelen in cf:
+                        out = feed(ts, linktype, data)
+                        if out:
+                            emit(out)
+            except CaptureError as exc:
+                _err(str(exc))
+                run.files_failed.append(str(exc))
+                continue
+            if cf.warning:
+                msg = f"{path}: {cf.warning}"
+                _err(f"warning: {msg}")
+                run.warnings.append(msg)
+            run.files_ok += 1
+        emit(det.flush())
+    except KeyboardInterrupt:
+        _err("interrupted; writing the alerts found so far")
+        emit(det.flush())
+    finally:
+        run.seconds = time.perf_counter() - start
+        sink.close()
+    if not args.quiet:
+        sys.stderr.write(render(det, run))
+    return EXIT_INPUT if run.files_failed else EXIT_OK
+
+
+def cmd_signatures_check(args: argparse.Namespace) -> int:
+    sigs = load_signatures(args.paths or None)
+    n_patterns = sum(len(s.names) + len(s.suffixes) + len(s.wildcards) for s in sigs)
+    print(f"ok: {len(sigs)} signatures, {n_patterns} patterns in {len(sigs.files)} file(s)")
+    return EXIT_OK
+
+
+def cmd_signatures_list(args: argparse.Namespace) -> int:
+    sigs = _signatures(args)
+    for s in sigs:
+        pats = [*s.names, *(f"*.{x} (and {x})" for x in s.suffixes), *s.wildcards]
+        shown = ", ".join(pats[:4]) + (f", +{len(pats) - 4} more" if len(pats) > 4 else "")
+        print(f"{s.id}\t{s.category}\t{s.severity}/{s.confidence}\t{s.name}\t[{shown}]\t({s.source_ref}, {s.source_grade})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detector",
+        description="Find Kaspersky software on a network by its traffic (DNS, TLS SNI, HTTP).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def sig_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--signatures", action="append", metavar="PATH",
+                        help=f"signature file or directory; replaces the bundled packs ({DEFAULT_PACK_DIR}); repeatable")
+        sp.add_argument("--add-signatures", action="append", metavar="PATH",
+                        help="signature file or directory added to the bundled packs (or to --signatures); repeatable")
+
+    r = sub.add_parser("replay", help="read capture files and report Kaspersky contacts",
+                       description="Read pcap/pcapng files (plain, gzip, bzip2 or xz), directories "
+                       "(recursively) and globs; write one Suricata EVE JSON alert per line to "
+                       "standard output (or --output) and a summary to standard error.")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="capture file, directory or glob")
+    r.add_argument("--output", "-o", metavar="FILE", help="append EVE JSON alerts to FILE instead of standard output")
+    r.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
+    r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
+                   help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
+    sig_opts(r)
+    r.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("signatures", help="check or list signature packs")
+    ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")
+    ssub.required = True
+    c = ssub.add_parser("check", help="validate signature files (all problems, as file:line: message)")
+    c.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: the bundled packs)")
+    c.set_defaults(func=cmd_signatures_check)
+    lst = ssub.add_parser("list", help="print the loaded signature set")
+    sig_opts(lst)
+    lst.set_defaults(func=cmd_signatures_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "dedup_window", 1.0) <= 0:
+        parser.error("--dedup-window must be positive")
+    try:
+        return int(args.func(args))
+    except SignatureError as exc:
+        for path, line, msg in exc.problems:
+            sys.stderr.write(f"{path}:{line}: {msg}\n")
+        _err(f"{len(exc.problems)} signature problem(s); nothing was run")
+        return EXIT_USAGE
+    except (ConfigError, SinkError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except DetectorError as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+    except BrokenPipeError:
+        return EXIT_OK  # e.g. piped into head
+    except Exception:
+        if args.debug:
+            raise
+        _err("internal error: " + traceback.format_exc().strip().splitlines()[-1] + " (rerun with --debug)")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Bytes -> somewhere, one module per transport.  ``SINKS`` maps a scheme to an opener."""

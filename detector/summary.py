@@ -1,0 +1,58 @@
+"""The human summary written to standard error at the end of a run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .pipeline import Detector
+
+
+@dataclass
+class RunInfo:
+    files_ok: int = 0
+    files_failed: list[str] = field(default_factory=list)  # one-line messages
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    alerts_written: int = 0
+
+
+def _counts(c: Counter[str]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def render(det: Detector, run: RunInfo) -> str:
+    st = det.stats
+    lines = []
+    nfiles = run.files_ok + len(run.files_failed)
+    rate = f", {st.packets / run.seconds:,.0f} packets/s" if run.seconds > 0 else ""
+    lines.append(
+        f"summary: {nfiles} file(s) read ({run.files_ok} ok, {len(run.warnings)} with warnings, "
+        f"{len(run.files_failed)} unreadable), {st.packets:,} packets, {st.bytes:,} bytes "
+        f"in {run.seconds:.2f} s{rate}"
+    )
+    for w in run.warnings:
+        lines.append(f"  warning: {w}")
+    for e in run.files_failed:
+        lines.append(f"  error: {e}")
+    und = sum(st.undecodable.values())
+    lines.append(f"undecodable packets: {und:,}" + (f" ({_counts(st.undecodable)})" if und else ""))
+    if st.skipped:
+        lines.append(f"not inspected (no IP, or not TCP/UDP): {_counts(st.skipped)}")
+    lines.append(f"packets inspected by a parser: {st.inspected:,} of {st.ip_packets:,} IP packets")
+    total = sum(st.alerts.values())
+    lines.append(f"alerts: {total:,}" + (f" ({_counts(st.alerts)})" if total else ""))
+    lines.append(f"Kaspersky hosts found: {len(st.hosts)}")
+    for host in sorted(st.hosts, key=lambda h: (-sum(st.hosts[h].values()), h)):
+        cats = st.hosts[host]
+        names = sorted(st.host_names.get(host, ()))
+        shown = ", ".join(names[:6]) + (f", +{len(names) - 6} more" if len(names) > 6 else "")
+        lines.append(f"  {host}  {sum(cats.values())} alert(s): {_counts(cats)}; names: {shown}")
+    ip = det.ip
+    lines.append(
+        f"state: {len(det.flows):,} TCP streams tracked, {det.flows.evicted:,} evicted "
+        f"({det.flows.evicted_undecided:,} undecided); IP fragments {ip.fragments:,}, "
+        f"{ip.reassembled:,} datagrams reassembled, {ip.frag_evicted:,} incomplete dropped; "
+        f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early"
+    )
+    return "\n".join(lines) + "\n"
