@@ -187,10 +187,9 @@ class Detector:
                 s.mode = "tls"
             elif httpp.looks_like_http(data):
                 s.mode = "http"
-            elif len(data) < 12 and _could_grow_into_known(bytes(data)):
-                return False
             else:
-                return True  # neither TLS, HTTP nor DNS: nothing to see in this stream
+                # Neither TLS, HTTP nor DNS (decided), unless the first bytes are too few to say.
+                return not (len(data) < 12 and _could_grow_into_known(bytes(data)))
         full = len(data) >= self.flows.max_stream
         if s.mode == "tls":
             hello = tlsp.parse_client_hello(bytes(data))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -152,12 +153,12 @@ class _Loader:
         self.problems.append((path, line, msg))
 
     def mapping(
-        self, path: str, node: Node, keys: dict[str, type], what: str
-    ) -> dict[str, tuple[Node, object]]:
+        self, path: str, node: Node, keys: Mapping[str, Any], what: str
+    ) -> dict[str, tuple[Node, Any]]:
         if not isinstance(node, MappingNode):
             self.err(path, node, f"{what} must be a mapping")
             return {}
-        out: dict[str, tuple[Node, object]] = {}
+        out: dict[str, tuple[Node, Any]] = {}
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, ScalarNode) else None
             if not isinstance(key, str):
@@ -174,7 +175,7 @@ class _Loader:
                 out[key] = (vnode, value)
         return out
 
-    def value(self, path: str, node: Node, typ: type, what: str) -> object | None:
+    def value(self, path: str, node: Node, typ: type, what: str) -> Any:
         if typ is list:
             if not isinstance(node, SequenceNode):
                 self.err(path, node, f"{what} must be a list")
@@ -202,7 +203,7 @@ class _Loader:
         return None
 
     def strings(self, path: str, items: Iterable[Node], what: str) -> list[tuple[Node, str]]:
-        out = []
+        out: list[tuple[Node, str]] = []
         for item in items:
             if isinstance(item, ScalarNode) and item.tag.endswith(":str") and item.value.strip():
                 out.append((item, item.value))
@@ -231,7 +232,7 @@ class _Loader:
             if isinstance(root, MappingNode):
                 self.err(path, root, "pack: missing key 'signatures'")
             return
-        for item in top["signatures"][1]:  # type: ignore[union-attr]
+        for item in top["signatures"][1]:
             self.load_signature(path, item)
 
     def load_signature(self, path: str, node: Node) -> None:
@@ -254,14 +255,14 @@ class _Loader:
         for key, allowed in (("category", CATEGORIES), ("confidence", LEVELS), ("severity", LEVELS)):
             if key in f and f[key][1] not in allowed:
                 self.err(path, f[key][0], f"{key} {f[key][1]!r} is not one of {', '.join(allowed)}")
-        products = self.strings(path, f["products"][1], "products") if "products" in f else []  # type: ignore[arg-type]
+        products = self.strings(path, f["products"][1], "products") if "products" in f else []
         if "products" in f and not products:
             self.err(path, f["products"][0], "products must list at least one product")
         patterns: dict[str, list[str]] = {"names": [], "suffixes": [], "wildcards": []}
         if "match" in f:
             m = self.mapping(path, f["match"][0], MATCH_KEYS, "match")
             for kind in MATCH_KEYS:
-                for pnode, raw in self.strings(path, m[kind][1], f"match.{kind}") if kind in m else []:  # type: ignore[arg-type]
+                for pnode, raw in self.strings(path, m[kind][1], f"match.{kind}") if kind in m else []:
                     try:
                         expanded = expand_range(raw)
                     except ValueError as exc:
@@ -291,12 +292,12 @@ class _Loader:
             grade = str(src.get("grade", (None, ""))[1])
             if "grade" in src and grade not in GRADES:
                 self.err(path, src["grade"][0], f"source.grade {grade!r} is not one of {', '.join(GRADES)}")
-            urls = [u for _, u in self.strings(path, src["urls"][1], "source.urls")] if "urls" in src else []  # type: ignore[arg-type]
-        if len(self.problems) != before:
+            urls = [u for _, u in self.strings(path, src["urls"][1], "source.urls")] if "urls" in src else []
+        if len(self.problems) != before or not isinstance(sid, int):
             return
         self.sigs.append(
             Signature(
-                id=int(sid),  # type: ignore[arg-type]
+                id=sid,
                 name=str(f["name"][1]),
                 vendor=str(f["vendor"][1]),
                 products=tuple(p for _, p in products),

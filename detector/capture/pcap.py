@@ -105,11 +105,11 @@ class CaptureFile:
             if head.startswith(magic):
                 self.compression = kind
                 if kind == "gzip":
-                    fh = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+                    fh = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]  # noqa: SIM115
                 elif kind == "bzip2":
-                    fh = bz2.BZ2File(raw)  # type: ignore[assignment]
+                    fh = bz2.BZ2File(raw)  # type: ignore[assignment]  # noqa: SIM115
                 else:
-                    fh = lzma.LZMAFile(raw)  # type: ignore[assignment]
+                    fh = lzma.LZMAFile(raw)  # type: ignore[assignment]  # noqa: SIM115
                 break
         self._raw = raw
         return fh

@@ -33,7 +33,7 @@ class HttpRequest:
     body_len: int  # Content-Length, 0 when absent, -1 when chunked or unknown
 
 
-def looks_like_http(first: bytes) -> bool:
+def looks_like_http(first: bytes | bytearray) -> bool:
     """Cheap content sniff: the stream starts with a known method and a space."""
     sp = first.find(b" ", 0, 12)
     return sp > 0 and bytes(first[:sp]) in METHODS

@@ -45,7 +45,7 @@ class ClientHello:
     ech: bool = False
 
 
-def looks_like_tls(first: bytes) -> bool:
+def looks_like_tls(first: bytes | bytearray) -> bool:
     """Cheap content sniff on a stream's first bytes: a TLS record carrying a ClientHello.
 
     Needs six bytes (record header and handshake type), so a server's first flight

@@ -1,0 +1,104 @@
+"""EVE JSON records: valid against Suricata's 7.0.10 and 8.0.6 schemas, one line each,
+hostile strings escaped and read back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import SHARED_REF, dns_cname_response, dns_query, run_frames, tcp_payload
+
+from detector.formats.eve import format_alert, timestamp
+
+jsonschema = pytest.importorskip("jsonschema")
+
+SCHEMAS = ["suricata-eve-schema-7.0.10.json", "suricata-eve-schema-8.0.6.json"]
+
+
+def _validator(name: str):
+    path = SHARED_REF / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared/ lies beside the checkout)")
+    schema = json.loads(path.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _sample_alerts():
+    # Hand-built frames (scapy): one of each evidence kind.
+    frames = [
+        dns_query("s05.upd.kaspersky.com"),
+        dns_cname_response("updates.example.net", "downloads.upd.kaspersky.com"),
+        tcp_payload(b"GET / HTTP/1.1\r\nHost: touch.kaspersky.com\r\nUser-Agent: t\r\n\r\n"),
+        tcp_payload(b"GET http://p03.upd.kaspersky.com/index/u0607g.xml HTTP/1.1\r\nHost: p03.upd.kaspersky.com\r\n\r\n", sport=41001, dport=8888),
+        tcp_payload(b"CONNECT cm.k.kaspersky-labs.com:443 HTTP/1.1\r\nHost: cm.k.kaspersky-labs.com:443\r\n\r\n", sport=41002, dport=8888),
+        tcp_payload(b"GET / HTTP/1.1\r\nHost: crl.kaspersky.com\r\n\r\n", v6=True),
+    ]
+    return run_frames(frames)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_every_record_validates(schema):
+    validator = _validator(schema)
+    alerts = _sample_alerts()
+    kinds = {a.observation.evidence.value for a in alerts}
+    assert kinds == {"dns-query", "dns-answer", "http-host", "http-absolute-uri", "http-connect"}
+    for a in alerts:
+        rec = json.loads(format_alert(a))
+        errors = sorted(validator.iter_errors(rec), key=str)
+        assert not errors, f"{rec}\n{errors[0]}"
+
+
+def test_record_fields():
+    alerts = _sample_alerts()
+    rec = json.loads(format_alert(alerts[1]))
+    assert rec["event_type"] == "alert"
+    assert rec["src_ip"] == "198.18.0.10"  # the client, although the packet came from the server
+    assert rec["dest_ip"] == "198.18.0.1"
+    assert rec["app_proto"] == "dns"
+    assert rec["dns"]["rrname"] == "updates.example.net"
+    assert rec["alert"]["signature_id"] == 1610004
+    assert rec["alert"]["category"] == "update"
+    assert rec["alert"]["severity"] == 1
+    md = rec["alert"]["metadata"]
+    assert md["evidence"] == ["dns-answer"]
+    assert md["hostname"] == ["downloads.upd.kaspersky.com"]
+    assert md["vendor"] == ["Kaspersky"]
+    assert md["confidence"] == ["high"]
+    assert md["source_ref"] == ["kaspersky-endpoints.md §1a"]
+    assert md["count"] == ["1"]
+
+
+HOSTILE = [
+    '"}],"x":"y',
+    "a\r\nb",
+    "\x00\x1b[31mred\x1b[0m",
+    "\u202eevil\u202c",
+    "back\\slash|pipe=eq",
+    "\ufffd",
+]
+
+
+@pytest.mark.parametrize("ua", HOSTILE)
+def test_hostile_strings_escaped(ua):
+    # Hand-built: a request whose User-Agent and URL carry hostile bytes.
+    raw = ua.encode()
+    frame = tcp_payload(b"GET / HTTP/1.1\r\nHost: touch.kaspersky.com\r\nUser-Agent: " + raw.replace(b"\r\n", b" ") + b"\r\n\r\n")
+    alerts = run_frames([frame])
+    assert len(alerts) == 1
+    line = format_alert(alerts[0])
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert all(32 <= c < 127 for c in line[:-1]), "only printable ASCII on the wire"
+    rec = json.loads(line)
+    assert rec["http"]["http_user_agent"] == ua.replace("\r\n", " ")
+    assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "alert", "http", "pcap_filename", "vlan"}
+
+
+def test_timestamp_format():
+    assert timestamp(0.5) == "1970-01-01T00:00:00.500000+0000"
+
+
+def test_invalid_utf8_is_shown_not_lost():
+    # Hand-built: bytes that are not UTF-8 come out as visible \xNN escapes.
+    frame = tcp_payload(b"GET / HTTP/1.1\r\nHost: touch.kaspersky.com\r\nUser-Agent: a\xff\xfeb\r\n\r\n")
+    rec = json.loads(format_alert(run_frames([frame])[0]))
+    assert rec["http"]["http_user_agent"] == "a\\xff\\xfeb"
