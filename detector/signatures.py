@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,21 @@ LEVELS = ("high", "medium", "low")
 # Suricata's alert.severity: 1 is the most severe.
 SEVERITY_NUMBER = {"high": 1, "medium": 2, "low": 3}
 GRADES = ("A", "A-p", "B", "C", "D", "L", "B/D", "C/D")
-DEFAULT_PACK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "signatures")
+
+
+def _default_pack_dir() -> str:
+    """The bundled packs: $DETECTOR_SIGNATURES, the checkout's signatures/, or the copy a
+    wheel installs under <prefix>/share/kaspersky-traffic-detector/signatures."""
+    env = os.environ.get("DETECTOR_SIGNATURES")
+    if env:
+        return env
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "signatures")
+    if os.path.isdir(here):
+        return here
+    return os.path.join(sys.prefix, "share", "kaspersky-traffic-detector", "signatures")
+
+
+DEFAULT_PACK_DIR = _default_pack_dir()
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _WILD_LABEL = re.compile(r"^[a-z0-9_?*-]{1,63}$")
