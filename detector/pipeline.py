@@ -156,6 +156,8 @@ class Detector:
             elif flags & SYN and entry is False:
                 flows.set(key, (seq + 1) & 0xFFFFFFFF)
             return
+        if flags & SYN:
+            seq = (seq + 1) & 0xFFFFFFFF  # data on a SYN (TCP Fast Open) starts after the ISN
         if isinstance(entry, Stream):
             stream = entry
         else:

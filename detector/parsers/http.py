@@ -57,6 +57,7 @@ def parse_request(stream: bytes) -> HttpRequest | None:
         raise DecodeError("http-bad-request-line")
     host = user_agent = None
     body_len = 0
+    chunked = False  # Transfer-Encoding overrides Content-Length (RFC 9112 section 6.3)
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
@@ -70,7 +71,7 @@ def parse_request(stream: bytes) -> HttpRequest | None:
             v = value.strip()
             body_len = int(v) if v.isdigit() and len(v) < 16 else -1
         elif lname == b"transfer-encoding":
-            body_len = -1
+            chunked = True
     return HttpRequest(
         method=m.group(1).decode("ascii"),
         target=_text(m.group(2)),
@@ -78,7 +79,7 @@ def parse_request(stream: bytes) -> HttpRequest | None:
         host=host,
         user_agent=user_agent,
         head_len=head_len,
-        body_len=body_len,
+        body_len=-1 if chunked else body_len,
     )
 
 
