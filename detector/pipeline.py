@@ -248,10 +248,15 @@ class Detector:
                 host = httpp.authority_host(req.host)
                 if host.lower().rstrip(".") not in seen:
                     self._observe(ts, Evidence.HTTP_HOST, host, src, sport, dst, dport, 6, dict(detail, hostname=host), vlans)
-            if req.method == "CONNECT" or req.body_len != 0 or s.consumed >= MAX_HTTP_REQUESTS:
-                return True  # a tunnel, a body, or enough requests: decided
+            if req.body_len != 0 or s.consumed >= MAX_HTTP_REQUESTS:
+                return True  # a body, or enough requests: decided
             del data[: req.head_len]
             s.base = (s.base + req.head_len) & 0xFFFFFFFF
+            if req.method == "CONNECT":
+                # What follows is the tunnelled protocol (usually a TLS ClientHello naming
+                # the same or another host): sniff it afresh.
+                s.mode = ""
+                return self._stream(ts, key, s, vlans)
         return False
 
     # -- DNS ---------------------------------------------------------------------------

@@ -128,12 +128,30 @@ class CaptureFile:
 
     # -- reading -----------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
-        try:
-            return self._fh.read(n)
-        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
-            # A compressed stream cut short or corrupt: keep what came before it.
-            self.warning = f"compressed data ends early or is corrupt ({exc})"
-            return b""
+        if self.compression is None:
+            try:
+                return self._fh.read(n)
+            except OSError as exc:
+                self.warning = f"read error ({exc.strerror or exc})"
+                return b""
+        # Compressed: take what the decompressor has piece by piece (read1), so that a
+        # stream cut short still yields every byte before the cut.
+        parts: list[bytes] = []
+        got = 0
+        while got < n and self.warning is None:
+            try:
+                piece = self._fh.read1(n - got)  # type: ignore[attr-defined]
+            except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
+                self.warning = f"compressed data ends early or is corrupt ({exc})"
+                break
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def _warn(self, msg: str) -> None:
+        self.warning = f"{self.warning}; {msg}" if self.warning else msg
 
     def __iter__(self) -> Iterator[Record]:
         head = self._read(24)
@@ -152,7 +170,7 @@ class CaptureFile:
 
     def _iter_pcap(self, head: bytes) -> Iterator[Record]:
         if len(head) < 24:
-            self.warning = "file ends inside the pcap file header"
+            self._warn("file ends inside the pcap file header")
             return
         endian, unit = PCAP_MAGICS[head[:4]]
         linktype = struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF
@@ -167,11 +185,11 @@ class CaptureFile:
                 pos = 0
                 if len(buf) < 16:
                     if buf:
-                        self.warning = f"file cut inside a record header after {self.records} records"
+                        self._warn(f"file cut inside a record header after {self.records} records")
                     return
             sec, frac, caplen, wirelen = rec_hdr.unpack_from(buf, pos)
             if caplen > MAX_RECORD:
-                self.warning = (
+                self._warn(
                     f"damaged record after {self.records} records "
                     f"(captured length {caplen} is impossible); rest of file skipped"
                 )
@@ -183,7 +201,7 @@ class CaptureFile:
                 pos = 0
                 end = 16 + caplen
                 if end > len(buf):
-                    self.warning = f"file cut inside a packet after {self.records} records"
+                    self._warn(f"file cut inside a packet after {self.records} records")
                     return
             self.records += 1
             self.bytes += caplen
@@ -202,7 +220,7 @@ class CaptureFile:
                 pos = 0
                 if len(buf) < 12:
                     if buf:
-                        self.warning = f"file cut inside a block header after {self.records} records"
+                        self._warn(f"file cut inside a block header after {self.records} records")
                     return
             btype = buf[pos : pos + 4]
             if btype == PCAPNG_SHB:
@@ -212,12 +230,12 @@ class CaptureFile:
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     endian = ">"
                 else:
-                    self.warning = "bad byte-order mark in a pcapng section header; rest skipped"
+                    self._warn("bad byte-order mark in a pcapng section header; rest skipped")
                     return
                 interfaces = []
             blocktype, blocklen = struct.unpack_from(endian + "II", buf, pos)
             if blocklen < 12 or blocklen % 4 or blocklen > MAX_RECORD + 64:
-                self.warning = (
+                self._warn(
                     f"damaged pcapng block after {self.records} records "
                     f"(block length {blocklen}); rest of file skipped"
                 )
@@ -228,7 +246,7 @@ class CaptureFile:
                 pos = 0
                 end = blocklen
                 if end > len(buf):
-                    self.warning = f"file cut inside a block after {self.records} records"
+                    self._warn(f"file cut inside a block after {self.records} records")
                     return
             body = pos + 8
             if blocktype == 6 or blocktype == 2:  # enhanced / obsolete packet block
@@ -250,7 +268,7 @@ class CaptureFile:
                         wirelen,
                     )
                 else:
-                    self.warning = f"pcapng packet block with a bad interface or length after {self.records} records"
+                    self._warn(f"pcapng packet block with a bad interface or length after {self.records} records")
             elif blocktype == 3:  # simple packet block: interface 0, no timestamp
                 if interfaces:
                     (wirelen,) = struct.unpack_from(endian + "I", buf, body)
