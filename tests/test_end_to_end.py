@@ -124,3 +124,32 @@ def test_demo_command_runs():
     r = _cli("replay", "pcaps/*.pcap")
     assert r.returncode == 0, r.stderr
     assert "Kaspersky hosts found: 3" in r.stderr
+
+
+def _can_make_captures() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    missing = [t for t in ("ip", "tcpdump", "tshark", "dnsmasq", "nginx", "tinyproxy", "dig", "curl", "openssl", "chromium") if not shutil.which(t)]
+    return f"missing tools: {' '.join(missing)} (tests/run.sh installs them as root)" if missing else None
+
+
+@pytest.mark.netns
+def test_fresh_captures_from_real_clients(tmp_path):
+    """Run the capture script now (real dig, getent, curl, openssl, Chromium against
+    dnsmasq, nginx, tinyproxy in network namespaces) into a temporary directory, so the
+    captures are new ones that were never in the repository, and replay them."""
+    why = _can_make_captures()
+    if why:
+        pytest.skip(why)
+    r = subprocess.run(["bash", str(PCAPS / "make_captures.sh")], env={**__import__("os").environ, "DEST": str(tmp_path)},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("kdt-") == 0
+    expected = json.loads((tmp_path / "expected.json").read_text())
+    assert len(expected) >= 10
+    for name, want in expected.items():
+        alerts, det = replay(tmp_path / name)
+        assert contacts(alerts) == {(c["client"], c["kind"], c["name"]) for c in want}, name
