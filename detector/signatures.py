@@ -121,6 +121,8 @@ def expand_range(pattern: str) -> list[str]:
     m = _RANGE.search(pattern)
     if not m:
         return [pattern]
+    if len(_RANGE.findall(pattern)) > 1:
+        raise ValueError("only one numeric range per pattern")
     lo, hi = int(m.group(1)), int(m.group(2))
     if hi < lo or hi - lo >= MAX_RANGE:
         raise ValueError(f"bad numeric range {m.group(0)}")

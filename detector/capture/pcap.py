@@ -88,6 +88,7 @@ class CaptureFile:
         self.warning: str | None = None
         self.format = "?"
         self.compression: str | None = None
+        self._z_failed = False
         self.records = 0
         self.bytes = 0
         self._fh = self._open(path)
@@ -132,17 +133,18 @@ class CaptureFile:
             try:
                 return self._fh.read(n)
             except OSError as exc:
-                self.warning = f"read error ({exc.strerror or exc})"
+                self._warn(f"read error ({exc.strerror or exc})")
                 return b""
         # Compressed: take what the decompressor has piece by piece (read1), so that a
         # stream cut short still yields every byte before the cut.
         parts: list[bytes] = []
         got = 0
-        while got < n and self.warning is None:
+        while got < n and not self._z_failed:
             try:
                 piece = self._fh.read1(n - got)  # type: ignore[attr-defined]
             except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
-                self.warning = f"compressed data ends early or is corrupt ({exc})"
+                self._z_failed = True
+                self._warn(f"compressed data ends early or is corrupt ({exc})")
                 break
             if not piece:
                 break

@@ -43,15 +43,13 @@ class Stream:
                 return False
             payload = payload[back:]
             off = 0
-        have = len(self.data)
+        before = have = len(self.data)
         if off > have:
             if off < WINDOW and len(self.pending) < MAX_PENDING and off not in self.pending:
                 self.pending[off] = payload
             return False
-        grew = False
         if off + len(payload) > have:
             self.data += payload[have - off :]
-            grew = True
         while self.pending:
             have = len(self.data)
             ready = [o for o in self.pending if o <= have]
@@ -61,10 +59,9 @@ class Stream:
                 chunk = self.pending.pop(o)
                 if o + len(chunk) > len(self.data):
                     self.data += chunk[len(self.data) - o :]
-                    grew = True
         if len(self.data) > cap:
             del self.data[cap:]
-        return grew
+        return len(self.data) > before
 
 
 class FlowTable:

@@ -151,6 +151,10 @@ class IPDecoder:
             pend.parts[offset] = payload
             pend.size += len(payload)
             self._frag_bytes += len(payload)
+            while self._frag_bytes > self.max_bytes and self._frags:
+                self._drop_oldest()
+            if key not in self._frags:
+                return None  # this datagram itself was over the budget
         if not more:
             pend.total = offset + len(payload)
         if pend.total < 0 or pend.size < pend.total:

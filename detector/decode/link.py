@@ -56,11 +56,16 @@ def _ethertype(etype: int, offset: int, vlans: tuple[int, ...]) -> Link | None:
 def _ethernet(data: bytes, offset: int) -> Link | None:
     if len(data) < offset + 14:
         raise DecodeError("truncated-ethernet")
-    etype = struct.unpack_from("!H", data, offset + 12)[0]
-    offset += 14
+    return _after_ethertype(data, struct.unpack_from("!H", data, offset + 12)[0], offset + 14)
+
+
+def _after_ethertype(data: bytes, etype: int, offset: int) -> Link | None:
+    """Skip 802.1Q/802.1ad tags that start at ``offset`` and find the IP header."""
     vlans: tuple[int, ...] = ()
     while etype in VLAN_TYPES:
-        if len(data) < offset + 4 or len(vlans) >= MAX_VLAN_TAGS:
+        if len(vlans) >= MAX_VLAN_TAGS:
+            raise DecodeError("too-many-vlan-tags")
+        if len(data) < offset + 4:
             raise DecodeError("truncated-vlan")
         tci, etype = struct.unpack_from("!HH", data, offset)
         vlans += (tci & 0x0FFF,)
@@ -83,15 +88,11 @@ def strip_link(linktype: int, data: bytes) -> Link | None:
     if linktype == LinkType.LINUX_SLL:
         if len(data) < 16:
             raise DecodeError("truncated-sll")
-        etype = struct.unpack_from("!H", data, 14)[0]
-        if etype in VLAN_TYPES:
-            # The kernel left a tag in place: decode like Ethernet after the SLL header.
-            return _ethernet(b"\x00" * 12 + data[14:], 0)
-        return _ethertype(etype, 16, ())
+        return _after_ethertype(data, struct.unpack_from("!H", data, 14)[0], 16)
     if linktype == LinkType.LINUX_SLL2:
         if len(data) < 20:
             raise DecodeError("truncated-sll2")
-        return _ethertype(struct.unpack_from("!H", data, 0)[0], 20, ())
+        return _after_ethertype(data, struct.unpack_from("!H", data, 0)[0], 20)
     if linktype in (LinkType.RAW, LinkType.RAW_OPENBSD, LinkType.RAW_BSD, LinkType.IPV4, LinkType.IPV6):
         return _version_nibble(data, 0)
     if linktype in (LinkType.NULL, LinkType.LOOP):

@@ -62,6 +62,10 @@ def parse_message(wire: bytes) -> DnsMessage:
         raise DecodeError("dns-truncated-header")
     try:
         msg = dns.message.from_wire(wire, ignore_trailing=True, continue_on_error=True)
+        if msg.errors and not any(msg.sections):
+            # Nothing could be salvaged (continue_on_error keeps what parsed before a bad
+            # record, which we still want for partly damaged answers).
+            raise DecodeError("dns-malformed", type(msg.errors[0].exception).__name__)
         questions = tuple(
             (_name(rrset.name), dns.rdatatype.to_text(rrset.rdtype)) for rrset in msg.question
         )

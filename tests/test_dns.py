@@ -1,0 +1,274 @@
+"""DNS messages (RFC 1035) over UDP and TCP, parsed with dnspython."""
+
+from __future__ import annotations
+
+import struct
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detector.errors import DecodeError
+from detector.parsers.dns import MAX_ANSWERS, DnsAnswer, DnsMessage, parse_message, split_tcp
+
+FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def query(name: str = "activation-v2.kaspersky.com", rdtype: str = "A", qid: int = 4242) -> dns.message.Message:
+    return dns.message.make_query(name, rdtype, id=qid)
+
+
+def cname_response() -> dns.message.Message:
+    """www.benign.example -> CNAME chain into vendor infrastructure -> A records."""
+    r = dns.message.make_response(query("www.benign.example", "A", 7))
+    r.answer.append(dns.rrset.from_text("www.benign.example.", 300, "IN", "CNAME", "cdn.benign.example."))
+    r.answer.append(dns.rrset.from_text("cdn.benign.example.", 300, "IN", "CNAME", "s07.upd.kaspersky.com."))
+    r.answer.append(dns.rrset.from_text("s07.upd.kaspersky.com.", 60, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    return r
+
+
+def wire_of(msg: dns.message.Message) -> bytes:
+    return msg.to_wire()
+
+
+def tcp_frame(wire: bytes) -> bytes:
+    return struct.pack("!H", len(wire)) + wire
+
+
+# -- parse_message -------------------------------------------------------------------------
+
+
+def test_query_fields() -> None:
+    msg = parse_message(wire_of(query()))
+    assert msg.id == 4242
+    assert msg.qr is False
+    assert msg.opcode == 0
+    assert msg.rcode == "NOERROR"
+    assert msg.flags & dns.flags.RD
+    assert msg.questions == (("activation-v2.kaspersky.com", "A"),)
+    assert msg.answers == ()
+
+
+def test_response_with_cname_chain() -> None:
+    msg = parse_message(wire_of(cname_response()))
+    assert msg.qr is True
+    assert msg.id == 7
+    assert msg.questions == (("www.benign.example", "A"),)
+    assert msg.answers[:2] == (
+        DnsAnswer("www.benign.example", "CNAME", 300, "cdn.benign.example.", "cdn.benign.example"),
+        DnsAnswer("cdn.benign.example", "CNAME", 300, "s07.upd.kaspersky.com.", "s07.upd.kaspersky.com"),
+    )
+    # the order of records inside one RRset is not significant
+    assert set(msg.answers[2:]) == {
+        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.1", None),
+        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.2", None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("rdtype", "rdata", "target"),
+    [
+        ("CNAME", "t.kaspersky.com.", "t.kaspersky.com"),
+        ("DNAME", "kaspersky.com.", "kaspersky.com"),
+        ("MX", "10 mx12.kaspersky-labs.com.", "mx12.kaspersky-labs.com"),
+        ("NS", "ns1.kaspersky.com.", "ns1.kaspersky.com"),
+        ("PTR", "crl.kaspersky.com.", "crl.kaspersky.com"),
+        ("SRV", "0 5 443 ksc.kaspersky.com.", "ksc.kaspersky.com"),
+        ("HTTPS", "1 svc.kaspersky.com. alpn=h2", "svc.kaspersky.com"),
+        ("A", "192.0.2.9", None),
+        ("AAAA", "2001:db8::9", None),
+        ("TXT", '"v=spf1 -all"', None),
+    ],
+)
+def test_answer_targets(rdtype: str, rdata: str, target: str | None) -> None:
+    r = dns.message.make_response(query("q.example", rdtype))
+    r.answer.append(dns.rrset.from_text("q.example.", 120, "IN", rdtype, rdata))
+    (ans,) = parse_message(wire_of(r)).answers
+    assert ans.rrname == "q.example"
+    assert ans.rrtype == rdtype
+    assert ans.ttl == 120
+    assert ans.target == target
+
+
+@pytest.mark.parametrize(
+    ("rcode", "text"),
+    [(dns.rcode.NOERROR, "NOERROR"), (dns.rcode.NXDOMAIN, "NXDOMAIN"), (dns.rcode.SERVFAIL, "SERVFAIL"),
+     (dns.rcode.REFUSED, "REFUSED")],
+)
+def test_rcode_text(rcode: int, text: str) -> None:
+    r = dns.message.make_response(query())
+    r.set_rcode(rcode)
+    assert parse_message(wire_of(r)).rcode == text
+
+
+def test_extended_rcode_through_edns() -> None:
+    r = dns.message.make_response(dns.message.make_query("x.example", "A", use_edns=0))
+    r.set_rcode(dns.rcode.BADVERS)
+    assert parse_message(wire_of(r)).rcode == "BADVERS"
+
+
+def test_answers_are_capped() -> None:
+    r = dns.message.make_response(query("many.example", "A"))
+    addrs = [f"192.0.2.{i}" for i in range(1, MAX_ANSWERS + 20)]
+    r.answer.append(dns.rrset.from_text("many.example.", 60, "IN", "A", *addrs))
+    assert len(parse_message(wire_of(r)).answers) == MAX_ANSWERS
+
+
+def test_trailing_bytes_are_ignored() -> None:
+    assert parse_message(wire_of(query()) + b"\x00junk").questions == (
+        ("activation-v2.kaspersky.com", "A"),
+    )
+
+
+def test_root_question() -> None:
+    assert parse_message(wire_of(query(".", "NS"))).questions == ((".", "NS"),)
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (b"", "dns-truncated-header"),
+        (b"\x00" * 11, "dns-truncated-header"),
+        (wire_of(query())[:11], "dns-truncated-header"),
+    ],
+    ids=["empty", "eleven-zeros", "query-cut-at-11"],
+)
+def test_short_header_raises(wire: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as exc:
+        parse_message(wire)
+    assert exc.value.reason == reason
+
+
+_HDR_ONE_QUESTION = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (wire_of(query())[:-3], "dns-malformed"),  # question cut inside the type/class
+        (wire_of(query())[:15], "dns-malformed"),  # cut inside the name
+        (_HDR_ONE_QUESTION, "dns-malformed"),  # header says one question, nothing follows
+        (_HDR_ONE_QUESTION + b"\xc0\x0c\x00\x01\x00\x01", "dns-malformed"),  # pointer to itself
+        (_HDR_ONE_QUESTION + b"\x41abc\x00\x00\x01\x00\x01", "dns-malformed"),  # label type 0x40
+    ],
+    ids=["cut-type-class", "cut-in-name", "missing-question", "pointer-loop", "bad-label-type"],
+)
+def test_truncated_and_garbage_raise(wire: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as exc:
+        parse_message(wire)
+    assert exc.value.reason == reason
+
+
+def test_truncated_message_never_leaks_other_exceptions() -> None:
+    wire = wire_of(cname_response())
+    for i in range(len(wire)):
+        _check_outcome(wire[:i])
+
+
+# -- split_tcp -----------------------------------------------------------------------------
+
+
+def test_split_tcp_two_messages_in_one_buffer() -> None:
+    a, b = wire_of(query()), wire_of(cname_response())
+    stream = tcp_frame(a) + tcp_frame(b)
+    msgs, used = split_tcp(stream)
+    assert msgs == [a, b]
+    assert used == len(stream)
+    assert [parse_message(m).id for m in msgs] == [4242, 7]
+
+
+def test_split_tcp_message_split_across_calls() -> None:
+    a, b = wire_of(query()), wire_of(cname_response())
+    stream = tcp_frame(a) + tcp_frame(b)
+    cut = len(tcp_frame(a)) + 10  # inside the second message
+    msgs, used = split_tcp(stream[:cut])
+    assert msgs == [a]
+    assert used == len(tcp_frame(a))
+    # the caller drops what was used and appends the next segment
+    rest = stream[:cut][used:] + stream[cut:]
+    msgs, used2 = split_tcp(rest)
+    assert msgs == [b]
+    assert used2 == len(rest)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3])
+def test_split_tcp_incomplete_prefix_consumes_nothing(cut: int) -> None:
+    frame = tcp_frame(wire_of(query()))
+    assert split_tcp(frame[:cut]) == ([], 0)
+    assert split_tcp(frame[:-1]) == ([], 0)
+
+
+def test_split_tcp_every_prefix() -> None:
+    frames = [tcp_frame(wire_of(query())), tcp_frame(wire_of(cname_response()))]
+    stream = b"".join(frames)
+    for i in range(len(stream) + 1):
+        msgs, used = split_tcp(stream[:i])
+        expected = [f[2:] for j, f in enumerate(frames) if len(b"".join(frames[: j + 1])) <= i]
+        assert msgs == expected
+        assert used == sum(len(f) for f in frames[: len(expected)])
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [b"\x00\x00", b"\x00\x00" + tcp_frame(wire_of(query())), tcp_frame(wire_of(query())) + b"\x00\x00"],
+)
+def test_split_tcp_zero_length_raises(stream: bytes) -> None:
+    with pytest.raises(DecodeError) as exc:
+        split_tcp(stream)
+    assert exc.value.reason == "dns-tcp-zero-length"
+
+
+# -- fuzz ----------------------------------------------------------------------------------
+
+
+def _check_outcome(wire: bytes) -> None:
+    try:
+        out = parse_message(wire)
+    except DecodeError as exc:
+        assert exc.reason.startswith("dns-")
+        return
+    assert isinstance(out, DnsMessage)
+    for ans in out.answers:
+        assert isinstance(ans, DnsAnswer)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _check_outcome(data)
+
+
+@FUZZ
+@given(st.binary(min_size=12, max_size=12), st.binary(max_size=200))
+def test_fuzz_valid_looking_header_then_noise(header: bytes, body: bytes) -> None:
+    # counts of one question and one answer so dnspython walks the noise
+    _check_outcome(header[:4] + b"\x00\x01\x00\x01\x00\x00\x00\x00" + body)
+
+
+_RESPONSE = wire_of(cname_response())
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(_RESPONSE) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+       st.integers(12, len(_RESPONSE)))
+def test_fuzz_mutations_of_valid_response(edits: list[tuple[int, int]], keep: int) -> None:
+    buf = bytearray(_RESPONSE)
+    for i, v in edits:
+        buf[i] = v
+    _check_outcome(bytes(buf[:keep]))
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_fuzz_split_tcp(data: bytes) -> None:
+    try:
+        msgs, used = split_tcp(data)
+    except DecodeError as exc:
+        assert exc.reason == "dns-tcp-zero-length"
+        return
+    assert 0 <= used <= len(data)
+    assert used == sum(len(m) + 2 for m in msgs)
