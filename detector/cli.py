@@ -10,12 +10,14 @@ The only place that maps errors to exit statuses:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 
 from . import __version__
+from .capture import fast
 from .capture.pcap import CaptureFile, expand_paths
 from .errors import CaptureError, ConfigError, DetectorError, SignatureError, SinkError
 from .formats import get_format
@@ -60,8 +62,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         for path in files:
+            cf: CaptureFile | fast.FastCapture
             try:
-                cf = CaptureFile(path)
+                if not args.exact and fast.usable(path):
+                    try:
+                        cf = fast.FastCapture(path, flow_head=args.flow_head)
+                    except fast.NotOnFastPath:
+                        cf = CaptureFile(path)
+                else:
+                    cf = CaptureFile(path)
             except CaptureError as exc:
                 _err(str(exc))
                 run.files_failed.append(str(exc))
@@ -78,6 +87,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 _err(str(exc))
                 run.files_failed.append(str(exc))
                 continue
+            run.file_bytes += os.path.getsize(path) if os.path.isfile(path) else 0
+            if isinstance(cf, fast.FastCapture):
+                det.account_shed(cf.records - cf.delivered)
+                run.fast_files += 1
             if cf.warning:
                 msg = f"{path}: {cf.warning}"
                 _err(f"warning: {msg}")
@@ -137,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
+    r.add_argument("--exact", action="store_true",
+                   help="read every packet in Python (no libpcap fast path); slower, for captures whose "
+                   "client hellos or request heads span more than --flow-head packets")
+    r.add_argument("--flow-head", type=int, default=fast.DEFAULT_FLOW_HEAD, metavar="N",
+                   help=f"fast path: packets per flow direction handed to the parsers (default {fast.DEFAULT_FLOW_HEAD})")
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
@@ -157,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "dedup_window", 1.0) <= 0:
         parser.error("--dedup-window must be positive")
+    if getattr(args, "flow_head", 4) < 4:
+        parser.error("--flow-head must be at least 4")
     try:
         return int(args.func(args))
     except SignatureError as exc:

@@ -38,6 +38,7 @@ class Stats:
 
     packets: int = 0
     bytes: int = 0
+    shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
     skipped: Counter[str] = field(default_factory=Counter)  # not for us (non-IP, ICMP...)
@@ -126,6 +127,11 @@ class Detector:
                 raise
             st.undecodable[f"internal-error-{type(exc).__name__}"] += 1
         return self._out
+
+    def account_shed(self, n: int) -> None:
+        """Count packets that a capture layer read and shed before they reached ``feed``."""
+        self.stats.packets += n
+        self.stats.shed += n
 
     def feed_frames(self, frames: Iterable[tuple[float, int, bytes]]) -> list[Alert]:
         out: list[Alert] = []

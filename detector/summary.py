@@ -15,6 +15,8 @@ class RunInfo:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     alerts_written: int = 0
+    file_bytes: int = 0
+    fast_files: int = 0
 
 
 def _counts(c: Counter[str]) -> str:
@@ -28,9 +30,14 @@ def render(det: Detector, run: RunInfo) -> str:
     rate = f", {st.packets / run.seconds:,.0f} packets/s" if run.seconds > 0 else ""
     lines.append(
         f"summary: {nfiles} file(s) read ({run.files_ok} ok, {len(run.warnings)} with warnings, "
-        f"{len(run.files_failed)} unreadable), {st.packets:,} packets, {st.bytes:,} bytes "
+        f"{len(run.files_failed)} unreadable), {st.packets:,} packets, {run.file_bytes:,} bytes "
         f"in {run.seconds:.2f} s{rate}"
     )
+    if run.fast_files:
+        lines.append(
+            f"fast path: {run.fast_files} file(s) read by libpcap; {st.shed:,} packets shed in C "
+            f"(flow bulk after the first packets), {st.packets - st.shed:,} handed to Python"
+        )
     for w in run.warnings:
         lines.append(f"  warning: {w}")
     for e in run.files_failed:
@@ -48,6 +55,12 @@ def render(det: Detector, run: RunInfo) -> str:
         names = sorted(st.host_names.get(host, ()))
         shown = ", ".join(names[:6]) + (f", +{len(names) - 6} more" if len(names) > 6 else "")
         lines.append(f"  {host}  {sum(cats.values())} alert(s): {_counts(cats)}; names: {shown}")
+    incomplete = sum(1 for _, s in det.flows.streams() if s.mode in ("tls", "http"))
+    if incomplete:
+        lines.append(
+            f"streams whose ClientHello or request head never completed: {incomplete:,} "
+            "(cut capture, lost segments, or a head longer than --flow-head packets: try --exact)"
+        )
     ip = det.ip
     lines.append(
         f"state: {len(det.flows):,} TCP streams tracked, {det.flows.evicted:,} evicted "

@@ -1,0 +1,152 @@
+"""The fast path for large classic pcap files: libpcap reads, BPF filters and the
+pcapy-ng C classifier sheds the bulk, so Python sees only what can hold a hostname.
+
+Two libpcap handles read the same file in one pass each, and their packets are merged in
+timestamp order:
+
+- handle A takes plain IPv4 (untagged or one 802.1Q tag) that is not DNS, not a fragment
+  and not a tunnel, and the C classifier (``loop_filtered`` with ``flow_cutoff``) admits
+  only the first ``flow_head`` packets of each direction of each flow: handshakes,
+  ClientHellos (also when split over several segments), request heads.  The bulk after
+  them never becomes a Python object.  The classifier's flow table is per call, and a call
+  covers ``CHUNK`` packets, so a 5-tuple reused later in a long capture is seen again.
+- handle B takes everything else, whole: DNS (any number of messages per flow), IPv4
+  fragments (for reassembly), tunnels, QinQ, and all IPv6 (the C classifier is IPv4-only,
+  so IPv6 takes the exact Python path and no IPv6 detection is lost).
+
+Used for uncompressed pcap files of the link types below.  pcapng goes through the
+streaming Python reader, because libpcap stops in the middle of a pcapng file whose
+interfaces have different link types (found only when it reaches the second interface).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from ..errors import CaptureError
+from .pcap import PCAP_MAGICS, Record
+
+try:
+    import pcapy
+except ImportError:  # pragma: no cover - pcapy-ng is a dependency; this is for embedders
+    pcapy = None
+
+CHUNK = 1 << 16  # packets per classifier call (its flow table starts afresh each call)
+FLOW_HEAD = 1  # pcapy-ng class of "within the first flow_cutoff packets of its flow"
+ADMIT_HEADS = 1 << FLOW_HEAD
+ADMIT_ALL = 7
+DEFAULT_FLOW_HEAD = 16
+
+# libpcap DLT value -> (where the IPv4 header starts, LINKTYPE number for our decoder)
+LINKS = {
+    1: (14, 1),  # Ethernet
+    113: (16, 113),  # Linux cooked v1
+    276: (20, 276),  # Linux cooked v2
+    12: (0, 101),  # raw IP (DLT_RAW on Linux)
+    14: (0, 101),
+    101: (0, 101),
+    0: (4, 0),  # BSD loopback
+}
+# Plain IPv4, not DNS, not a fragment, not GRE/VXLAN/GENEVE: safe to shed after the head.
+_HEADABLE = "ip and ip[6:2] & 0x3fff = 0 and not port 53 and not ip proto 47 and not udp port 4789 and not udp port 6081"
+
+
+def usable(path: str) -> bool:
+    """True when the fast path can read this file (uncompressed classic pcap, libpcap present)."""
+    if pcapy is None:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError:
+        return False
+    return magic in PCAP_MAGICS
+
+
+class NotOnFastPath(CaptureError):
+    """The file is readable, just not by the fast path: use the streaming reader."""
+
+
+class FastCapture:
+    """Iterate merged records ``(ts, linktype, data, wirelen)`` of one pcap file."""
+
+    def __init__(self, path: str, flow_head: int = DEFAULT_FLOW_HEAD) -> None:
+        self.path = path
+        self.flow_head = flow_head
+        self.warning: str | None = None
+        self.format = "pcap (libpcap fast path)"
+        self.compression = None
+        self.records = 0  # packets libpcap read, both handles
+        self.delivered = 0  # packets handed to Python
+        self.bytes = os.path.getsize(path)
+        try:
+            self._a = pcapy.open_offline(path)
+            self._b = pcapy.open_offline(path)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{path}: {exc}") from None
+        if not hasattr(self._a, "loop_filtered"):
+            raise NotOnFastPath(f"{path}: this pcapy is not pcapy-ng (no loop_filtered)")
+        dlt = self._a.datalink()
+        if dlt not in LINKS:
+            raise NotOnFastPath(f"{path}: link type {dlt} not on the fast path")
+        self.l2_offset, self.linktype = LINKS[dlt]
+        headable = f"({_HEADABLE}) or (vlan and {_HEADABLE})" if dlt == 1 else _HEADABLE
+        try:
+            self._a.setfilter(headable)
+            self._b.setfilter(f"not ({headable})")
+        except pcapy.PcapError as exc:
+            raise NotOnFastPath(f"{path}: BPF: {exc}") from None
+
+    def close(self) -> None:
+        for h in (self._a, self._b):
+            with contextlib.suppress(Exception):  # closing twice: nothing to do
+                h.close()
+
+    def __enter__(self) -> FastCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _warn(self, msg: str) -> None:
+        self.warning = f"{self.warning}; {msg}" if self.warning else msg
+
+    def _handle(self, cap: object, admit: int, cutoff: int) -> Iterator[tuple[float, bytes]]:
+        buf: list[tuple[tuple[int, int], bytes]] = []
+        append = buf.append
+
+        def cb(hdr: object, data: bytes, _cls: int) -> None:
+            append((hdr.getts(), data))  # type: ignore[attr-defined]
+
+        while True:
+            failed = False
+            try:
+                res = cap.loop_filtered(CHUNK, cb, admit, b"", cutoff, l2_offset=self.l2_offset)  # type: ignore[attr-defined]
+                processed = res[0] + res[1]
+            except pcapy.PcapError as exc:
+                failed = True
+                processed = 0
+                if self.warning is None or str(exc) not in self.warning:
+                    self._warn(f"libpcap stopped: {exc} (records before it were read)")
+            self.records += processed if not failed else len(buf)
+            for (sec, usec), data in buf:
+                yield sec + usec * 1e-6, data
+            buf.clear()
+            if failed or processed < CHUNK:
+                return
+
+    def __iter__(self) -> Iterator[Record]:
+        lt = self.linktype
+        a = self._handle(self._a, ADMIT_HEADS, self.flow_head)
+        b = self._handle(self._b, ADMIT_ALL, 0)
+        na = next(a, None)
+        nb = next(b, None)
+        while na is not None or nb is not None:
+            if nb is None or (na is not None and na[0] <= nb[0]):
+                cur, na = na, next(a, None)
+            else:
+                cur, nb = nb, next(b, None)
+            self.delivered += 1
+            yield cur[0], lt, cur[1], len(cur[1])  # type: ignore[index]

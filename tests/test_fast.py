@@ -1,0 +1,56 @@
+"""The libpcap fast path gives the same alerts as the exact Python path on every capture,
+sheds bulk in C, and says so when a flow head was cut short."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import PCAPS, REPO
+
+from detector import Detector
+from detector.capture import fast
+from detector.capture.pcap import CaptureFile
+
+CAPTURES = sorted(p.relative_to(PCAPS).as_posix() for p in PCAPS.rglob("*.pcap") if "damaged" not in p.parts)
+
+
+def _alerts(reader) -> list[tuple]:
+    det = Detector(strict=True)
+    out = []
+    with reader:
+        for ts, lt, data, _ in reader:
+            out += det.feed(ts, lt, data)
+    out += det.flush()
+    return sorted((a.observation.client, a.observation.evidence.value, a.observation.hostname, a.signature.id, a.count) for a in out)
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_fast_path_equals_exact_path(name):
+    path = str(PCAPS / name)
+    assert fast.usable(path)
+    assert _alerts(fast.FastCapture(path)) == _alerts(CaptureFile(path))
+
+
+def test_pcapng_and_compressed_take_the_exact_path():
+    assert not fast.usable(str(PCAPS / "linktypes" / "multi-if.pcapng"))
+    assert not fast.usable(str(PCAPS / "damaged" / "gzip" / "dns.pcap.gz"))
+
+
+def test_bulk_is_shed_in_c():
+    with fast.FastCapture(str(PCAPS / "tls-split-chromium.pcap"), flow_head=4) as fc:
+        n = sum(1 for _ in fc)
+    assert fc.records > n == fc.delivered
+
+
+def test_short_flow_head_is_reported_not_silent():
+    # 40-byte segments: the ClientHello needs more than 4 packets of its flow.
+    r = subprocess.run([sys.executable, "-m", "detector", "replay", "--flow-head", "4", "pcaps/tls-split-small-mss.pcap"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "tls-sni" not in r.stdout
+    assert "never completed" in r.stderr and "--exact" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "detector", "replay", "--exact", "pcaps/tls-split-small-mss.pcap"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.stdout.count('"tls-sni"') == 2
