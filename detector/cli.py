@@ -10,18 +10,18 @@ The only place that maps errors to exit statuses:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, replay
 from .capture import fast
-from .capture.pcap import CaptureFile, expand_paths
-from .errors import CaptureError, ConfigError, DetectorError, SignatureError, SinkError
+from .capture.pcap import expand_paths
+from .errors import ConfigError, DetectorError, SignatureError, SinkError
 from .formats import get_format
 from .pipeline import Detector
+from .replay import FileResult
 from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
 from .sinks.file import FileSink
 from .summary import RunInfo, render
@@ -60,42 +60,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sink.write(fmt(a))
         run.alerts_written += len(alerts)
 
+    def done(res: FileResult) -> None:
+        if res.error:
+            _err(res.error)
+            run.files_failed.append(res.error)
+            return
+        run.file_bytes += res.file_bytes
+        run.fast_files += res.fast
+        if res.warning:
+            msg = f"{res.path}: {res.warning}"
+            _err(f"warning: {msg}")
+            run.warnings.append(msg)
+        run.files_ok += 1
+
     try:
-        for path in files:
-            cf: CaptureFile | fast.FastCapture
-            try:
-                if not args.exact and fast.usable(path):
-                    try:
-                        cf = fast.FastCapture(path, flow_head=args.flow_head)
-                    except fast.NotOnFastPath:
-                        cf = CaptureFile(path)
-                else:
-                    cf = CaptureFile(path)
-            except CaptureError as exc:
-                _err(str(exc))
-                run.files_failed.append(str(exc))
-                continue
-            det.set_source(path)
-            try:
-                with cf:
-                    feed = det.feed
-                    for ts, linktype, data, _wirelen in cf:
-                        out = feed(ts, linktype, data)
-                        if out:
-                            emit(out)
-            except CaptureError as exc:
-                _err(str(exc))
-                run.files_failed.append(str(exc))
-                continue
-            run.file_bytes += os.path.getsize(path) if os.path.isfile(path) else 0
-            if isinstance(cf, fast.FastCapture):
-                det.account_shed(cf.records - cf.delivered)
-                run.fast_files += 1
-            if cf.warning:
-                msg = f"{path}: {cf.warning}"
-                _err(f"warning: {msg}")
-                run.warnings.append(msg)
-            run.files_ok += 1
+        if args.jobs > 1:
+            for res in replay.parallel(sigs, files, args.jobs, args.exact, args.flow_head):
+                if res.stats is not None:
+                    det.stats.merge(res.stats)
+                run.state.update(res.state)
+                emit(det.add_matches(res.matches, res.path))
+                done(res)
+        else:
+            for path in files:
+                done(replay.scan(det, path, args.exact, args.flow_head, emit))
+            run.state.update(replay.state_counters(det))
         emit(det.flush())
     except KeyboardInterrupt:
         _err("interrupted; writing the alerts found so far")
@@ -150,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
+    r.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="spread the files (or one large pcap, by a hash of the IP addresses) over N "
+                   "processes; the alerts are the same as with one (default 1)")
     r.add_argument("--exact", action="store_true",
                    help="read every packet in Python (no libpcap fast path); slower, for captures whose "
                    "client hellos or request heads span more than --flow-head packets")
@@ -175,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "dedup_window", 1.0) <= 0:
         parser.error("--dedup-window must be positive")
+    if not 1 <= getattr(args, "jobs", 1) <= 256:
+        parser.error("--jobs must be between 1 and 256")
     if getattr(args, "flow_head", 4) < 4:
         parser.error("--flow-head must be at least 4")
     try:

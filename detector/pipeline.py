@@ -48,6 +48,17 @@ class Stats:
     hosts: dict[str, Counter[str]] = field(default_factory=dict)  # client -> category counts
     host_names: dict[str, set[str]] = field(default_factory=dict)  # client -> hostnames
 
+    def merge(self, other: Stats) -> None:
+        """Add a worker's counters (alerts are counted where they are aggregated)."""
+        self.packets += other.packets
+        self.bytes += other.bytes
+        self.shed += other.shed
+        self.ip_packets += other.ip_packets
+        self.inspected += other.inspected
+        self.skipped.update(other.skipped)
+        self.undecodable.update(other.undecodable)
+        self.observations.update(other.observations)
+
     def note_alert(self, alert: Alert) -> None:
         cat = alert.signature.category
         self.alerts[cat] += 1
@@ -77,8 +88,13 @@ class Detector:
         max_flows: int = 200_000,
         max_stream: int = 32 * 1024,
         strict: bool = False,
+        collect: bool = False,
     ) -> None:
         self.strict = strict  # re-raise unexpected exceptions (--debug, tests)
+        # collect=True: keep raw matches in ``collected`` instead of aggregating them (a
+        # worker of ``replay --jobs``; the parent aggregates every worker's matches in order).
+        self.collect = collect
+        self.collected: list[Match] = []
         self.signatures = signatures if signatures is not None else load_signatures()
         self.matcher = Matcher(self.signatures)
         self.aggregator = Aggregator(window=window, dedup=dedup)
@@ -332,9 +348,22 @@ class Detector:
             vlan=vlans,
         )
         self.stats.observations[evidence.value] += 1
-        for alert in self.aggregator.add(Match(obs, hit.signature, hit.pattern), self._source):
+        match = Match(obs, hit.signature, hit.pattern)
+        if self.collect:
+            self.collected.append(match)
+            return
+        for alert in self.aggregator.add(match, self._source):
             self.stats.note_alert(alert)
             self._out.append(alert)
+
+    def add_matches(self, matches: Iterable[Match], source: str | None) -> list[Alert]:
+        """Aggregate matches found elsewhere (by a worker process) as if seen here."""
+        out: list[Alert] = []
+        for match in matches:
+            for alert in self.aggregator.add(match, source):
+                self.stats.note_alert(alert)
+                out.append(alert)
+        return out
 
 
 _PREFIXES = tuple(m + b" " for m in httpp.METHODS)

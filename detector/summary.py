@@ -17,6 +17,7 @@ class RunInfo:
     alerts_written: int = 0
     file_bytes: int = 0
     fast_files: int = 0
+    state: Counter[str] = field(default_factory=Counter)  # bounded tables, summed over workers
 
 
 def _counts(c: Counter[str]) -> str:
@@ -55,17 +56,16 @@ def render(det: Detector, run: RunInfo) -> str:
         names = sorted(st.host_names.get(host, ()))
         shown = ", ".join(names[:6]) + (f", +{len(names) - 6} more" if len(names) > 6 else "")
         lines.append(f"  {host}  {sum(cats.values())} alert(s): {_counts(cats)}; names: {shown}")
-    incomplete = sum(1 for _, s in det.flows.streams() if s.mode in ("tls", "http"))
-    if incomplete:
+    sc = run.state
+    if sc["streams_incomplete"]:
         lines.append(
-            f"streams whose ClientHello or request head never completed: {incomplete:,} "
+            f"streams whose ClientHello or request head never completed: {sc['streams_incomplete']:,} "
             "(cut capture, lost segments, or a head longer than --flow-head packets: try --exact)"
         )
-    ip = det.ip
     lines.append(
-        f"state: {len(det.flows):,} TCP streams tracked, {det.flows.evicted:,} evicted "
-        f"({det.flows.evicted_undecided:,} undecided); IP fragments {ip.fragments:,}, "
-        f"{ip.reassembled:,} datagrams reassembled, {ip.frag_evicted:,} incomplete dropped; "
+        f"state: {sc['streams']:,} TCP streams tracked, {sc['streams_evicted']:,} evicted "
+        f"({sc['streams_evicted_undecided']:,} undecided); IP fragments {sc['fragments']:,}, "
+        f"{sc['reassembled']:,} datagrams reassembled, {sc['frag_evicted']:,} incomplete dropped; "
         f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early"
     )
     return "\n".join(lines) + "\n"

@@ -53,6 +53,34 @@ LINKS = {
 _HEADABLE = "ip and ip[6:2] & 0x3fff = 0 and not port 53 and not ip proto 47 and not udp port 4789 and not udp port 6081"
 
 
+def _share(k: int, n: int) -> str:
+    """Share ``k`` of ``n`` by a hash of the two IP addresses (the sum of their last bytes:
+    the same in both directions, so a flow, its DNS transactions and its fragments stay
+    together).  Share 0 also takes everything that is not IP."""
+    expr = f"(ip and (ip[15] + ip[19]) % {n} = {k}) or (ip6 and (ip6[23] + ip6[39]) % {n} = {k})"
+    return f"{expr} or not (ip or ip6)" if k == 0 else expr
+
+
+# The frame's own EtherType is not a VLAN tag.  Written without libpcap's ``vlan`` keyword,
+# which shifts the offsets of everything after it in the expression.
+_UNTAGGED = "not (ether[12:2] = 0x8100 or ether[12:2] = 0x88a8 or ether[12:2] = 0x9100)"
+
+
+def filters(ethernet: bool, part: tuple[int, int] | None) -> tuple[str, str]:
+    """BPF for handle A (flow heads) and handle B (whole), optionally for one share.
+
+    Together they cover every packet of the file exactly once (tested).  On Ethernet the
+    ``vlan`` keyword appears only as the last alternative, where its offset shift is meant.
+    """
+    h = _HEADABLE
+    s = _share(*part) if part else "1 = 1"
+    if not ethernet:
+        return f"({h}) and ({s})", f"not ({h}) and ({s})"
+    a = f"(({h}) and ({s})) or (vlan and ({h}) and ({s}))"
+    b = f"({_UNTAGGED} and not ({h}) and ({s})) or (vlan and not ({h}) and ({s}))"
+    return a, b
+
+
 def usable(path: str) -> bool:
     """True when the fast path can read this file (uncompressed classic pcap, libpcap present)."""
     if pcapy is None:
@@ -72,7 +100,7 @@ class NotOnFastPath(CaptureError):
 class FastCapture:
     """Iterate merged records ``(ts, linktype, data, wirelen)`` of one pcap file."""
 
-    def __init__(self, path: str, flow_head: int = DEFAULT_FLOW_HEAD) -> None:
+    def __init__(self, path: str, flow_head: int = DEFAULT_FLOW_HEAD, part: tuple[int, int] | None = None) -> None:
         self.path = path
         self.flow_head = flow_head
         self.warning: str | None = None
@@ -92,10 +120,10 @@ class FastCapture:
         if dlt not in LINKS:
             raise NotOnFastPath(f"{path}: link type {dlt} not on the fast path")
         self.l2_offset, self.linktype = LINKS[dlt]
-        headable = f"({_HEADABLE}) or (vlan and {_HEADABLE})" if dlt == 1 else _HEADABLE
+        a_filter, b_filter = filters(dlt == 1, part)
         try:
-            self._a.setfilter(headable)
-            self._b.setfilter(f"not ({headable})")
+            self._a.setfilter(a_filter)
+            self._b.setfilter(b_filter)
         except pcapy.PcapError as exc:
             raise NotOnFastPath(f"{path}: BPF: {exc}") from None
 
