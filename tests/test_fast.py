@@ -54,3 +54,17 @@ def test_short_flow_head_is_reported_not_silent():
     r = subprocess.run([sys.executable, "-m", "detector", "replay", "--exact", "pcaps/tls-split-small-mss.pcap"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.stdout.count('"tls-sni"') == 2
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_handles_and_shares_cover_every_packet_once(name, n):
+    """Handle A (heads) and B (whole), over all shares, read each packet exactly once
+    (with a flow head large enough that nothing is shed)."""
+    path = str(PCAPS / name)
+    whole = sorted(bytes(d) for _, _, d, _ in CaptureFile(path))
+    got: list[bytes] = []
+    for k in range(n):
+        with fast.FastCapture(path, flow_head=1 << 20, part=(k, n) if n > 1 else None) as fc:
+            got += [bytes(d) for _, _, d, _ in fc]
+    assert sorted(got) == whole
