@@ -59,13 +59,15 @@ def _wildcard_regex(pattern: str) -> re.Pattern[str]:
 class Matcher:
     def __init__(self, signatures: SignatureSet) -> None:
         self.signatures = signatures
-        self._exact: dict[str, Hit] = {}
+        # Exact names map to an index into _sigs (a small int, no object per name): a
+        # million names cost the dict entry and the name string only.
+        self._sigs: list[Signature] = list(signatures)
+        self._exact: dict[str, int] = {}
         self._trie: dict = {}
         self.size = 0
-        for sig in signatures:
-            for name in sig.names:
-                self._exact[name] = Hit(sig, name, "name")
-                self.size += 1
+        for i, sig in enumerate(self._sigs):
+            self._exact.update(dict.fromkeys(sig.names, i))
+            self.size += len(sig.names)
             for suffix in sig.suffixes:
                 self._node(suffix.split("."))[_TERMINAL] = Hit(sig, suffix, "suffix")
                 self.size += 1
@@ -94,9 +96,9 @@ class Matcher:
         return self.lookup_normalised(name)
 
     def lookup_normalised(self, name: str) -> Hit | None:
-        hit = self._exact.get(name)
-        if hit is not None:
-            return hit
+        idx = self._exact.get(name)
+        if idx is not None:
+            return Hit(self._sigs[idx], name, "name")
         node = self._trie
         suffix_hit: Hit | None = None
         wild_nodes = []
