@@ -11,14 +11,25 @@ With ``dedup=False`` every match leaves at once as an alert with count 1.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from .model import Alert, Match
+from .model import Alert, Match, Strength
 
 Key = tuple[str, int, str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """The other side of an exchange answered: raise the strength of the alert ``key``
+    (kept in order with matches by a worker of ``replay --jobs``)."""
+
+    ts: float
+    key: Key
+    strength: Strength
+
+
 class _Open:
-    __slots__ = ("match", "count", "first", "last", "source")
+    __slots__ = ("match", "count", "first", "last", "source", "strength")
 
     def __init__(self, match: Match, source: str | None) -> None:
         ts = match.observation.ts
@@ -27,9 +38,15 @@ class _Open:
         self.first = ts
         self.last = ts
         self.source = source
+        self.strength = match.observation.strength
 
     def alert(self) -> Alert:
-        return Alert(self.match, self.count, self.first, self.last, self.source)
+        return Alert(self.match, self.count, self.first, self.last, self.source, self.strength)
+
+
+def key_of(match: Match) -> Key:
+    obs = match.observation
+    return (obs.client, match.signature.id, obs.hostname, obs.evidence.value)
 
 
 class Aggregator:
@@ -49,12 +66,14 @@ class Aggregator:
         self.matches += 1
         obs = match.observation
         if not self.dedup:
-            return [Alert(match, 1, obs.ts, obs.ts, source)]
+            return [Alert(match, 1, obs.ts, obs.ts, source, obs.strength)]
         out = self.expire(obs.ts)
-        key = (obs.client, match.signature.id, obs.hostname, obs.evidence.value)
+        key = key_of(match)
         cur = self._open.get(key)
         if cur is not None and obs.ts < cur.first + self.window:
             cur.count += 1
+            if obs.strength > cur.strength:
+                cur.strength = obs.strength
             if obs.ts > cur.last:
                 cur.last = obs.ts
             if obs.ts < cur.first:  # files replayed out of time order
@@ -67,6 +86,14 @@ class Aggregator:
             out.append(self._open.popitem(last=False)[1].alert())
             self.early += 1
         return out
+
+    def upgrade(self, key: Key, strength: Strength) -> bool:
+        """The other side answered: raise the open alert's evidence strength."""
+        cur = self._open.get(key)
+        if cur is None or strength <= cur.strength:
+            return False
+        cur.strength = strength
+        return True
 
     def expire(self, now: float) -> list[Alert]:
         out: list[Alert] = []

@@ -83,8 +83,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 done(res)
         else:
             for path in files:
-                done(replay.scan(det, path, args.exact, args.flow_head, emit))
-            run.state.update(replay.state_counters(det))
+                res = replay.scan(det, path, args.exact, args.flow_head, emit)
+                run.state.update(res.state)
+                done(res)
         emit(det.flush())
     except KeyboardInterrupt:
         _err("interrupted; writing the alerts found so far")

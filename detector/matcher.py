@@ -65,9 +65,13 @@ class Matcher:
         self._exact: dict[str, int] = {}
         self._trie: dict = {}
         self.size = 0
+        self._ports: dict[tuple[int, int], Signature] = {}
         for i, sig in enumerate(self._sigs):
             self._exact.update(dict.fromkeys(sig.names, i))
             self.size += len(sig.names)
+            for proto, lo, hi in sig.ports:
+                for port in range(lo, hi + 1):
+                    self._ports[(6 if proto == "tcp" else 17, port)] = sig
             for suffix in sig.suffixes:
                 self._node(suffix.split("."))[_TERMINAL] = Hit(sig, suffix, "suffix")
                 self.size += 1
@@ -81,6 +85,10 @@ class Matcher:
                 node = self._node(literal)
                 node.setdefault(_WILD, []).append((_wildcard_regex(wild), Hit(sig, wild, "wildcard")))
                 self.size += 1
+
+    def lookup_port(self, proto: int, port: int) -> Signature | None:
+        """The port signature for (IP protocol number, port), if any."""
+        return self._ports.get((proto, port)) if self._ports else None
 
     def _node(self, labels: list[str]) -> dict:
         node = self._trie

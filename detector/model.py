@@ -17,13 +17,43 @@ class Evidence(str, enum.Enum):
     DNS_QUERY = "dns-query"
     DNS_ANSWER = "dns-answer"  # a name seen only in the answer section (CNAME target, owner)
     TLS_SNI = "tls-sni"
+    TLS_CERT = "tls-certificate"  # subject CN / SAN of a TLS 1.2 server certificate
+    QUIC_SNI = "quic-sni"
     HTTP_HOST = "http-host"
     HTTP_URI = "http-absolute-uri"
     HTTP_CONNECT = "http-connect"
+    DNS_LEARNED = "ip-from-dns"  # a flow with no hostname, to an address a Kaspersky name resolved to
+    PORT = "ksc-port"  # a Kaspersky Security Center port
 
     @property
     def app_proto(self) -> str:
-        return self.value.split("-", 1)[0]
+        return _APP_PROTO[self]
+
+
+_APP_PROTO = {
+    Evidence.DNS_QUERY: "dns",
+    Evidence.DNS_ANSWER: "dns",
+    Evidence.TLS_SNI: "tls",
+    Evidence.TLS_CERT: "tls",
+    Evidence.QUIC_SNI: "quic",
+    Evidence.HTTP_HOST: "http",
+    Evidence.HTTP_URI: "http",
+    Evidence.HTTP_CONNECT: "http",
+    Evidence.DNS_LEARNED: "flow",
+    Evidence.PORT: "flow",
+}
+
+
+class Strength(enum.IntEnum):
+    """How strong the evidence of an alert is (alert.metadata.evidence_strength)."""
+
+    WEAK = 1  # one side only: a query, a ClientHello, a request, an open port, a certificate
+    COMPLETED = 2  # the other side answered: DNS answer, ServerHello, HTTP response
+    STRONG = 3  # a management port with a TLS handshake in both directions
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +101,7 @@ class Observation:
     flow_id: int
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     vlan: tuple[int, ...] = ()
+    strength: Strength = Strength.WEAK
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +122,14 @@ class Alert:
     first_seen: float
     last_seen: float
     source_file: str | None = None
+    strength: Strength = Strength.WEAK
+
+    @property
+    def severity_number(self) -> int:
+        """Suricata's scale (1 high .. 3 low): the signature's, one step lower when the
+        evidence is weak (a lone query, hello or open port; anyone can send one)."""
+        base = int(self.match.signature.severity_number)
+        return min(3, base + 1) if self.strength == Strength.WEAK and base < 3 else base
 
     @property
     def observation(self) -> Observation:

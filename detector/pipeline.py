@@ -9,27 +9,34 @@ once a stream is decided it costs one dict lookup per packet.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .aggregate import Aggregator
-from .decode import transport
+from .aggregate import Aggregator, Key, Upgrade, key_of
+from .correlate import Awaiting, LearnedNames
+from .decode import transport, tunnel
 from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
 from .errors import DecodeError
 from .matcher import Matcher
-from .model import Alert, Evidence, Match, Observation
+from .model import Alert, Evidence, Match, Observation, Strength
 from .parsers import dns as dnsp
 from .parsers import http as httpp
+from .parsers import quic as quicp
 from .parsers import tls as tlsp
+from .parsers import x509
 from .signatures import SignatureSet, load_signatures
 
 DNS_PORT = 53
 MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxies)
 MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
+MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
+_ADDR_TYPES = ("A", "AAAA")
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Stats:
     packets: int = 0
     bytes: int = 0
     shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
+    ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
+    tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
     skipped: Counter[str] = field(default_factory=Counter)  # not for us (non-IP, ICMP...)
@@ -53,6 +62,8 @@ class Stats:
         self.packets += other.packets
         self.bytes += other.bytes
         self.shed += other.shed
+        self.ech += other.ech
+        self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
         self.skipped.update(other.skipped)
@@ -94,16 +105,45 @@ class Detector:
         # collect=True: keep raw matches in ``collected`` instead of aggregating them (a
         # worker of ``replay --jobs``; the parent aggregates every worker's matches in order).
         self.collect = collect
-        self.collected: list[Match] = []
+        self.collected: list[Match | Upgrade] = []
+        self.cert_names = x509.X509_AVAILABLE  # TLS 1.2 certificate names need `cryptography`
         self.signatures = signatures if signatures is not None else load_signatures()
         self.matcher = Matcher(self.signatures)
         self.aggregator = Aggregator(window=window, dedup=dedup)
-        self.ip = IPDecoder()
-        self.flows = FlowTable(max_flows=max_flows, max_stream=max_stream)
+        self._max_flows, self._max_stream = max_flows, max_stream
         self.stats = Stats()
-        self._txns: OrderedDict[tuple[str, int, str, int, int], None] = OrderedDict()
         self._source: str | None = None
         self._out: list[Alert] = []
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget per-connection state (streams, fragments, DNS transactions, learned
+        addresses, pending exchanges); counters and open alerts stay.  ``replay`` calls it
+        at the start of every file, so each file is read alike by one process or by
+        ``--jobs`` workers."""
+        self.ip = IPDecoder()
+        self.flows = FlowTable(max_flows=self._max_flows, max_stream=self._max_stream)
+        self._txns: OrderedDict[tuple[str, int, str, int, int], None] = OrderedDict()
+        self.learned = LearnedNames()
+        self.awaiting = Awaiting()
+        self.quic = quicp.QuicTracker()
+
+    def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
+        """A DNS packet that belongs to another worker's share of the file: learn the
+        addresses in its answer (for flows in this share), count and alert nothing."""
+        try:
+            link = strip_link(linktype, data)
+            if link is None:
+                return
+            ip = IPDecoder().decode(link[0], data, link[1], ts)
+            if ip is None or ip[2] != IPProto.UDP:
+                return
+            sport, dport, payload = transport.udp(ip[3])
+            msg = dnsp.parse_message(payload)
+            if msg.qr and msg.rcode == "NOERROR" and msg.answers:
+                self._dns_answered(ts, ip[1], msg, query_seen=False, count=False)
+        except DecodeError:
+            return
 
     # -- input -------------------------------------------------------------------------
     def set_source(self, name: str | None) -> None:
@@ -117,25 +157,7 @@ class Detector:
         st.bytes += len(data)
         self._out = []
         try:
-            link = strip_link(linktype, data)
-            if link is None:
-                st.skipped["not-ip"] += 1
-                return self._out
-            version, off, vlans = link
-            ip = self.ip.decode(version, data, off, ts)
-            if ip is None:
-                return self._out  # a fragment held for reassembly
-            st.ip_packets += 1
-            src, dst, proto, l4 = ip
-            if proto == IPProto.TCP:
-                self._tcp(ts, src, dst, l4, vlans)
-            elif proto == IPProto.UDP:
-                sport, dport, payload = transport.udp(l4)
-                if sport == DNS_PORT or dport == DNS_PORT:
-                    st.inspected += 1
-                    self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans)
-            else:
-                st.skipped["other-ip-protocol"] += 1
+            self._frame(ts, linktype, data, 0)
         except DecodeError as exc:
             st.undecodable[exc.reason] += 1
         except Exception as exc:  # a bug must not stop a run: count it, say which
@@ -143,6 +165,80 @@ class Detector:
                 raise
             st.undecodable[f"internal-error-{type(exc).__name__}"] += 1
         return self._out
+
+    def _frame(self, ts: float, linktype: int, data: bytes, depth: int) -> None:
+        """Decode one frame; ``depth`` is how many tunnels it was taken out of (0: as captured)."""
+        st = self.stats
+        link = strip_link(linktype, data)
+        if link is None:
+            st.skipped["not-ip"] += 1
+            return
+        version, off, vlans = link
+        ip = self.ip.decode(version, data, off, ts)
+        if ip is None:
+            return  # a fragment held for reassembly
+        if depth == 0:
+            st.ip_packets += 1
+        src, dst, proto, l4 = ip
+        if proto == IPProto.TCP:
+            self._tcp(ts, src, dst, l4, vlans)
+        elif proto == IPProto.UDP:
+            sport, dport, payload = transport.udp(l4)
+            if dport in tunnel.TUNNEL_UDP_PORTS:
+                inner = tunnel.decapsulate_udp(dport, payload)
+                if inner is None:
+                    st.skipped["tunnel-payload-not-decoded"] += 1
+                else:
+                    self._tunnel(ts, "vxlan" if dport == 4789 else "geneve", inner, depth)
+            elif sport == DNS_PORT or dport == DNS_PORT:
+                st.inspected += 1
+                self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans)
+            elif quicp.looks_like_quic_initial(payload):
+                st.inspected += 1
+                self._quic(ts, src, sport, dst, dport, payload, vlans)
+            else:
+                psig = self.matcher.lookup_port(IPProto.UDP, dport)
+                if psig is not None and not psig.tls_required:
+                    self._port_hit(ts, psig, src, sport, dst, dport, IPProto.UDP, False, None, vlans)
+        elif proto == tunnel.IPPROTO_GRE:
+            inner = tunnel.decapsulate_gre(l4)
+            if inner is None:
+                st.skipped["tunnel-payload-not-decoded"] += 1  # PPTP, GRE/PPP, WCCP...
+            else:
+                self._tunnel(ts, "gre", inner, depth)
+        else:
+            st.skipped["other-ip-protocol"] += 1
+
+    def _tunnel(self, ts: float, kind: str, inner: tuple[int, bytes], depth: int) -> None:
+        """Inspect the frame inside a tunnel like a captured one (at most MAX_TUNNEL_DEPTH deep)."""
+        tunnel.check_depth(depth)  # DecodeError("tunnel-too-deep")
+        self.stats.tunnelled[kind] += 1
+        linktype, frame = inner
+        self._frame(ts, linktype, frame, depth + 1)
+
+    def _quic(self, ts: float, src: str, sport: int, dst: str, dport: int, payload: bytes, vlans: tuple[int, ...]) -> None:
+        hello = self.quic.datagram(src, sport, dst, dport, payload, ts)  # DecodeError: feed() counts it
+        if hello is None:
+            return
+        detail = {
+            "sni": hello.server_name,
+            "version": quicp.version_name(self.quic.last_version),
+            "tls_version": tlsp.version_name(hello.version),
+            "alpn": list(hello.alpn),
+            "ech": hello.ech,
+        }
+        named = None
+        if hello.server_name:
+            if hello.ech:
+                self.stats.ech += 1
+            named = self._observe(ts, Evidence.QUIC_SNI, hello.server_name, src, sport, dst, dport, IPProto.UDP, detail, vlans)
+        if named is None and (not hello.server_name or hello.ech):
+            learned = self.learned.lookup(src, dst, ts)
+            if learned is not None:
+                hostname, hit, _ = learned
+                detail = dict(detail, app_proto="quic", resolved_by=f"DNS answer to {src} for {hostname}")
+                self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
+                           IPProto.UDP, detail, vlans, Strength.WEAK)
 
     def account_shed(self, n: int) -> None:
         """Count packets that a capture layer read and shed before they reached ``feed``."""
@@ -205,15 +301,27 @@ class Detector:
             return False
         src, sport, dst, dport = key
         if not s.mode:
+            if len(data) < 6 and _could_grow_into_known(bytes(data)):
+                return False  # too few bytes to tell
+            waiting = self.awaiting.pop(key)
+            if waiting:
+                self._answered(ts, waiting, data)
             if sport == DNS_PORT or dport == DNS_PORT:
                 s.mode = "dns"
             elif tlsp.looks_like_tls(data):
                 s.mode = "tls"
             elif httpp.looks_like_http(data):
                 s.mode = "http"
+            elif self.cert_names and tlsp.looks_like_server_hello(data):
+                s.mode = "tls-server"
+            elif len(data) < 12 and _could_grow_into_known(bytes(data)):
+                return False
             else:
-                # Neither TLS, HTTP nor DNS (decided), unless the first bytes are too few to say.
-                return not (len(data) < 12 and _could_grow_into_known(bytes(data)))
+                # Neither TLS, HTTP nor DNS: decided.  If this side spoke first, a Kaspersky
+                # port or an address learned from DNS can still name the flow.
+                if self.flows.get((dst, dport, src, sport)) is False:
+                    self._client_flow(ts, key, "failed", {}, vlans)
+                return True
         full = len(data) >= self.flows.max_stream
         if s.mode == "tls":
             hello = tlsp.parse_client_hello(bytes(data))
@@ -221,15 +329,26 @@ class Detector:
                 if full:
                     raise DecodeError("tls-client-hello-too-long")
                 return False
+            detail = {
+                "sni": hello.server_name,
+                "version": tlsp.version_name(hello.version),
+                "alpn": list(hello.alpn),
+                "ech": hello.ech,
+            }
+            named = None
             if hello.server_name:
-                detail = {
-                    "sni": hello.server_name,
-                    "version": tlsp.version_name(hello.version),
-                    "alpn": list(hello.alpn),
-                    "ech": hello.ech,
-                }
-                self._observe(ts, Evidence.TLS_SNI, hello.server_name, src, sport, dst, dport, 6, detail, vlans)
+                if hello.ech:
+                    self.stats.ech += 1
+                named = self._observe(ts, Evidence.TLS_SNI, hello.server_name, src, sport, dst, dport, 6, detail, vlans)
+                if named is not None:
+                    self.awaiting.add((dst, dport, src, sport), key_of(named), "tls")
+            # No host name of its own (no SNI, or ECH with an outer name we do not know):
+            # an address learned from DNS may still name the flow.
+            hostless = not hello.server_name or (hello.ech and named is None)
+            self._client_flow(ts, key, "tls", detail if hostless else None, vlans, hello.server_name)
             return True
+        if s.mode == "tls-server":
+            return self._server_flight(ts, key, s, vlans, full)
         if s.mode == "http":
             return self._http(ts, key, s, vlans, full)
         # DNS over TCP, either direction; keeps going for the life of the connection.
@@ -261,15 +380,23 @@ class Detector:
                 "hostname": req.host,
             }
             seen: set[str] = set()
+            named: list[Match] = []
             target = httpp.target_host(req.method, req.target)
             if target:
                 kind = Evidence.HTTP_CONNECT if req.method == "CONNECT" else Evidence.HTTP_URI
                 seen.add(target.lower().rstrip("."))
-                self._observe(ts, kind, target, src, sport, dst, dport, 6, dict(detail, hostname=target), vlans)
+                m = self._observe(ts, kind, target, src, sport, dst, dport, 6, dict(detail, hostname=target), vlans)
+                named += [m] if m else []
             if req.host:
                 host = httpp.authority_host(req.host)
                 if host.lower().rstrip(".") not in seen:
-                    self._observe(ts, Evidence.HTTP_HOST, host, src, sport, dst, dport, 6, dict(detail, hostname=host), vlans)
+                    m = self._observe(ts, Evidence.HTTP_HOST, host, src, sport, dst, dport, 6, dict(detail, hostname=host), vlans)
+                    named += [m] if m else []
+            if s.consumed == 1:  # the connection's first request: the response upgrades it
+                for m in named:
+                    self.awaiting.add((dst, dport, src, sport), key_of(m), "http")
+                hostless = not named and not target and (not req.host or _is_ip_literal(httpp.authority_host(req.host)))
+                self._client_flow(ts, key, "http", detail if hostless else None, vlans)
             if req.body_len != 0 or s.consumed >= MAX_HTTP_REQUESTS:
                 return True  # a body, or enough requests: decided
             del data[: req.head_len]
@@ -299,6 +426,9 @@ class Detector:
             return
         # A response: the client is the destination.
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
+        answered = msg.rcode == "NOERROR" and bool(msg.answers)
+        if answered:
+            self._dns_answered(ts, dst, msg, query_seen)
         qname, qtype = msg.questions[0] if msg.questions else ("", "")
         answers = [
             {"rrname": a.rrname, "rrtype": a.rrtype, "ttl": a.ttl, "rdata": a.rdata}
@@ -307,15 +437,35 @@ class Detector:
         base = {"type": "answer", "id": msg.id, "rrname": qname, "rrtype": qtype, "rcode": msg.rcode, "answers": answers}
         names: dict[str, None] = {}
         qnames = {q.lower().rstrip(".") for q, _ in msg.questions}
+        strength = Strength.COMPLETED if answered else Strength.WEAK
         if not query_seen:  # only the answer was captured: its question is still evidence
             for q, _ in msg.questions:
-                self._observe(ts, Evidence.DNS_QUERY, q, dst, dport, src, sport, proto, base, vlans)
+                self._observe(ts, Evidence.DNS_QUERY, q, dst, dport, src, sport, proto, base, vlans, strength)
         for a in msg.answers:
             for n in (a.rrname, a.target):
                 if n and n.lower().rstrip(".") not in qnames:
                     names[n] = None
         for n in names:
-            self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans)
+            self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans, Strength.COMPLETED)
+
+    def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool, count: bool = True) -> None:
+        """An answer with records: upgrade the query's alert, and learn the addresses a
+        Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
+        chain = [q for q, _ in msg.questions] + [a.target for a in msg.answers if a.target]
+        for name in chain:
+            hit = self.matcher.lookup(name)
+            if hit is None:
+                continue
+            if query_seen:
+                for q, _ in msg.questions:
+                    qhit = self.matcher.lookup(q)
+                    if qhit is not None:
+                        self._upgrade(ts, (client, qhit.signature.id, q.lower().rstrip("."), Evidence.DNS_QUERY.value), Strength.COMPLETED)
+            hostname = name.lower().rstrip(".")
+            for a in msg.answers:
+                if a.rrtype in _ADDR_TYPES:
+                    self.learned.learn(client, a.rdata, ts, a.ttl, hostname, hit, count)
+            return
 
     # -- matching ----------------------------------------------------------------------
     def _observe(
@@ -330,10 +480,29 @@ class Detector:
         proto: int,
         detail: dict,
         vlans: tuple[int, ...],
-    ) -> None:
+        strength: Strength = Strength.WEAK,
+    ) -> Match | None:
         hit = self.matcher.lookup(name)
         if hit is None:
-            return
+            return None
+        return self._emit(ts, evidence, name, hit.signature, hit.pattern, client, cport, server, sport, proto, detail, vlans, strength)
+
+    def _emit(
+        self,
+        ts: float,
+        evidence: Evidence,
+        name: str,
+        signature: Any,
+        pattern: str,
+        client: str,
+        cport: int,
+        server: str,
+        sport: int,
+        proto: int,
+        detail: dict,
+        vlans: tuple[int, ...],
+        strength: Strength,
+    ) -> Match:
         obs = Observation(
             ts=ts,
             evidence=evidence,
@@ -346,20 +515,101 @@ class Detector:
             flow_id=flow_id(proto, client, cport, server, sport),
             detail=detail,
             vlan=vlans,
+            strength=strength,
         )
         self.stats.observations[evidence.value] += 1
-        match = Match(obs, hit.signature, hit.pattern)
+        match = Match(obs, signature, pattern)
         if self.collect:
             self.collected.append(match)
-            return
+            return match
         for alert in self.aggregator.add(match, self._source):
             self.stats.note_alert(alert)
             self._out.append(alert)
+        return match
 
-    def add_matches(self, matches: Iterable[Match], source: str | None) -> list[Alert]:
+    def _upgrade(self, ts: float, key: Key, strength: Strength) -> None:
+        if self.collect:
+            self.collected.append(Upgrade(ts, key, strength))
+        else:
+            self.aggregator.upgrade(key, strength)
+
+    # -- flows without a host name, ports, the server's side ---------------------------
+    def _client_flow(
+        self, ts: float, key: FlowKey, app: str, hostless: dict | None, vlans: tuple[int, ...], sni: str | None = None
+    ) -> None:
+        """A client's first bytes are decided: a Kaspersky port names the flow; so does an
+        address the client learned from a Kaspersky DNS answer, when the flow itself carries
+        no host name (``hostless`` is then the protocol detail, else None)."""
+        src, sport, dst, dport = key
+        psig = self.matcher.lookup_port(IPProto.TCP, dport)
+        if psig is not None and (app == "tls" or not psig.tls_required):
+            self._port_hit(ts, psig, src, sport, dst, dport, IPProto.TCP, app == "tls", sni, vlans, app)
+        if hostless is None:
+            return
+        learned = self.learned.lookup(src, dst, ts)
+        if learned is None:
+            return
+        hostname, hit, learned_at = learned
+        detail = dict(hostless, app_proto=app, resolved_by=f"DNS answer to {src} for {hostname}")
+        m = self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
+                       IPProto.TCP, detail, vlans, Strength.WEAK)
+        self.awaiting.add((dst, dport, src, sport), key_of(m), "any")
+
+    def _port_hit(
+        self, ts: float, sig: Any, src: str, sport: int, dst: str, dport: int, proto: int, tls: bool,
+        sni: str | None, vlans: tuple[int, ...], app: str = "failed",
+    ) -> None:
+        agent, server = (dst, src) if sig.listener == "agent" else (src, dst)
+        detail = {
+            "app_proto": app,
+            "agent": agent,
+            "ksc_server": server,
+            "port_confidence": "high" if tls else "medium",
+            "sni": sni,
+        }
+        endpoint = f"{proto_name(proto)}/{dport}"
+        m = self._emit(ts, Evidence.PORT, endpoint, sig, endpoint, src, sport, dst, dport, proto, detail, vlans, Strength.WEAK)
+        if proto == IPProto.TCP:
+            self.awaiting.add((dst, dport, src, sport), key_of(m), "port-tls" if tls else "any")
+
+    def _answered(self, ts: float, waiting: list, data: bytearray) -> None:
+        """The server's first bytes on a flow whose client request raised an alert."""
+        hello = tlsp.looks_like_server_hello(data)
+        http = bytes(data[:5]) == b"HTTP/"
+        for agg_key, kind, _ctx in waiting:
+            if kind == "port-tls" and hello:
+                self._upgrade(ts, agg_key, Strength.STRONG)
+            elif (kind == "tls" and hello) or (kind == "http" and http) or kind in ("any", "port-tls"):
+                self._upgrade(ts, agg_key, Strength.COMPLETED)
+
+    def _server_flight(self, ts: float, key: FlowKey, s: Stream, vlans: tuple[int, ...], full: bool) -> bool:
+        """TLS 1.2 and older: names in the server's certificate (weak evidence: a shared
+        CDN certificate lists many names)."""
+        flight = tlsp.parse_server_flight(bytes(s.data))
+        if flight is None:
+            if full:
+                raise DecodeError("tls-server-flight-too-long")
+            return False
+        if not flight.certificates:
+            return True
+        server, sport, client, cport = key
+        subject, names = x509.cert_names(flight.certificates[0])
+        alerted = 0
+        for name in names:
+            if alerted >= MAX_CERT_ALERTS:
+                break
+            detail = {"subject": subject, "version": tlsp.version_name(flight.version), "cert_names": names[:16]}
+            if self._observe(ts, Evidence.TLS_CERT, name.lstrip("*."), client, cport, server, sport, 6, detail, vlans):
+                alerted += 1
+        return True
+
+    def add_matches(self, matches: Iterable[Match | Upgrade], source: str | None) -> list[Alert]:
         """Aggregate matches found elsewhere (by a worker process) as if seen here."""
         out: list[Alert] = []
         for match in matches:
+            if isinstance(match, Upgrade):
+                self.aggregator.upgrade(match.key, match.strength)
+                continue
             for alert in self.aggregator.add(match, source):
                 self.stats.note_alert(alert)
                 out.append(alert)
@@ -367,6 +617,18 @@ class Detector:
 
 
 _PREFIXES = tuple(m + b" " for m in httpp.METHODS)
+
+
+def proto_name(proto: int) -> str:
+    return "tcp" if proto == IPProto.TCP else "udp" if proto == IPProto.UDP else str(proto)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _could_grow_into_known(first: bytes) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from .aggregate import Upgrade
 from .capture import fast
 from .capture.pcap import CaptureFile
 from .errors import CaptureError
@@ -34,7 +35,7 @@ class FileResult:
     warning: str | None = None  # damaged but read
     fast: bool = False
     file_bytes: int = 0
-    matches: list[Match] = field(default_factory=list)  # worker mode only
+    matches: list[Match | Upgrade] = field(default_factory=list)  # worker mode only
     stats: Stats | None = None  # worker mode only
     state: Counter[str] = field(default_factory=Counter)  # worker mode only
 
@@ -58,10 +59,14 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
         res.error = str(exc)
         return res
     det.set_source(path)
+    det.reset_state()
     try:
         with cf:
             feed = det.feed
-            for ts, linktype, data, _wirelen in cf:
+            for ts, linktype, data, wirelen in cf:
+                if wirelen == fast.LEARN_ONLY:
+                    det.learn_only(ts, linktype, data)
+                    continue
                 out = feed(ts, linktype, data)
                 if out:
                     emit(out)
@@ -74,12 +79,16 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     if part is None or part[0] == 0:
         res.file_bytes = os.path.getsize(path) if os.path.isfile(path) else 0
     res.warning = cf.warning
+    res.state = state_counters(det)
     return res
 
 
 def state_counters(det: Detector) -> Counter[str]:
     """The bounded tables' counters, summed across workers for the summary."""
-    return Counter(
+    extra: Counter[str] = Counter({f"quic-{k}": v for k, v in det.quic.counters.items()})
+    extra.update({f"learned-{k}": v for k, v in det.learned.counters.items()})
+    extra["awaiting-evicted"] = det.awaiting.evicted
+    return extra + Counter(
         {
             "streams": len(det.flows),
             "streams_evicted": det.flows.evicted,
@@ -109,7 +118,6 @@ def _work(path: str, exact: bool, flow_head: int, part: tuple[int, int] | None) 
         return FileResult(path, error=f"{path}: internal error in worker: {type(exc).__name__}: {exc}")
     res.matches = det.collected
     res.stats = det.stats
-    res.state = state_counters(det)
     return res
 
 
@@ -145,5 +153,5 @@ def _combine(path: str, parts: list[FileResult]) -> FileResult:
         if p.stats is not None:
             out.stats.merge(p.stats)  # type: ignore[union-attr]
         out.state.update(p.state)
-    out.matches.sort(key=lambda m: m.observation.ts)  # stable: ties keep share order
+    out.matches.sort(key=lambda m: m.ts if isinstance(m, Upgrade) else m.observation.ts)  # stable: ties keep share order
     return out

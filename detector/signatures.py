@@ -70,9 +70,14 @@ SIG_KEYS = {
     "match": dict,
     "source": dict,
     "note": str,
+    "listener": str,
+    "tls_required": bool,
 }
 SIG_REQUIRED = ("id", "name", "vendor", "products", "category", "confidence", "severity", "product_only", "match", "source")
-MATCH_KEYS = {"names": list, "suffixes": list, "wildcards": list}
+MATCH_KEYS = {"names": list, "suffixes": list, "wildcards": list, "ports": list}
+LISTENERS = ("server", "agent")
+_PORT_SPEC = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
+MAX_PORT_RANGE = 1000
 SOURCE_KEYS = {"ref": str, "grade": str, "urls": list}
 SOURCE_REQUIRED = ("ref", "grade")
 
@@ -90,12 +95,15 @@ class Signature:
     names: tuple[str, ...]
     suffixes: tuple[str, ...]
     wildcards: tuple[str, ...]
+    ports: tuple[tuple[str, int, int], ...]  # (proto, first, last)
     source_ref: str
     source_grade: str
     source_urls: tuple[str, ...]
     note: str
     file: str
     line: int
+    listener: str = "server"  # for ports: who listens (the Kaspersky side is the other end too)
+    tls_required: bool = False  # for ports: alert only when the flow speaks TLS
 
     @property
     def severity_number(self) -> int:
@@ -170,6 +178,7 @@ class _Loader:
         self.sigs: list[Signature] = []
         self.ids: dict[int, tuple[str, int]] = {}
         self.patterns: dict[tuple[str, str], tuple[str, int, int]] = {}
+        self.port_owner: dict[tuple[str, str], tuple[str, int, int]] = {}
 
     def err(self, path: str, node: Node | None, msg: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -282,9 +291,12 @@ class _Loader:
         if "products" in f and not products:
             self.err(path, f["products"][0], "products must list at least one product")
         patterns: dict[str, list[str]] = {"names": [], "suffixes": [], "wildcards": []}
+        ports: list[tuple[str, int, int]] = []
         if "match" in f:
             m = self.mapping(path, f["match"][0], MATCH_KEYS, "match")
-            for kind in MATCH_KEYS:
+            if "ports" in m:
+                ports = self.ports(path, m["ports"][1], sid if isinstance(sid, int) else 0)
+            for kind in ("names", "suffixes", "wildcards"):
                 for pnode, raw in self.strings(path, m[kind][1], f"match.{kind}") if kind in m else []:
                     try:
                         expanded = expand_range(raw)
@@ -302,8 +314,8 @@ class _Loader:
                             continue
                         self.patterns[(kind, pat)] = (path, pnode.start_mark.line + 1, sid if isinstance(sid, int) else 0)
                         patterns[kind].append(pat)
-            if not any(patterns.values()) and len(self.problems) == before:
-                self.err(path, f["match"][0], "match: needs at least one of names, suffixes, wildcards")
+            if not any(patterns.values()) and not ports and len(self.problems) == before:
+                self.err(path, f["match"][0], "match: needs at least one of names, suffixes, wildcards, ports")
         source_ref = grade = ""
         urls: list[str] = []
         if "source" in f:
@@ -316,6 +328,8 @@ class _Loader:
             if "grade" in src and grade not in GRADES:
                 self.err(path, src["grade"][0], f"source.grade {grade!r} is not one of {', '.join(GRADES)}")
             urls = [u for _, u in self.strings(path, src["urls"][1], "source.urls")] if "urls" in src else []
+        if "listener" in f and f["listener"][1] not in LISTENERS:
+            self.err(path, f["listener"][0], f"listener {f['listener'][1]!r} is not one of {', '.join(LISTENERS)}")
         if len(self.problems) != before or not isinstance(sid, int):
             return
         self.sigs.append(
@@ -337,8 +351,33 @@ class _Loader:
                 note=str(f["note"][1]) if "note" in f else "",
                 file=path,
                 line=node.start_mark.line + 1,
+                ports=tuple(ports),
+                listener=str(f["listener"][1]) if "listener" in f else "server",
+                tls_required=bool(f["tls_required"][1]) if "tls_required" in f else False,
             )
         )
+
+    def ports(self, path: str, items: list[Node], sid: int) -> list[tuple[str, int, int]]:
+        out: list[tuple[str, int, int]] = []
+        for pnode, spec in self.strings(path, items, "match.ports"):
+            m = _PORT_SPEC.match(spec)
+            if not m:
+                self.err(path, pnode, f"match.ports: {spec!r}: write tcp/PORT, udp/PORT or tcp/FIRST-LAST")
+                continue
+            lo = int(m.group(2))
+            hi = int(m.group(3)) if m.group(3) else lo
+            if not 1 <= lo <= hi <= 65535 or hi - lo >= MAX_PORT_RANGE:
+                self.err(path, pnode, f"match.ports: {spec!r}: ports 1 to 65535, first <= last, at most {MAX_PORT_RANGE} in a range")
+                continue
+            clash = next((p for p in range(lo, hi + 1) if (m.group(1), str(p)) in self.port_owner), None)
+            if clash is not None:
+                p2, ln, other = self.port_owner[(m.group(1), str(clash))]
+                self.err(path, pnode, f"match.ports: {m.group(1)}/{clash} already in signature {other} ({p2}:{ln})")
+                continue
+            for p in range(lo, hi + 1):
+                self.port_owner[(m.group(1), str(p))] = (path, pnode.start_mark.line + 1, sid)
+            out.append((m.group(1), lo, hi))
+        return out
 
 
 def pack_files(paths: Iterable[str] | None) -> list[str]:

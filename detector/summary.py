@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .parsers import quic as quicp
 from .pipeline import Detector
 
 
@@ -57,6 +58,18 @@ def render(det: Detector, run: RunInfo) -> str:
         shown = ", ".join(names[:6]) + (f", +{len(names) - 6} more" if len(names) > 6 else "")
         lines.append(f"  {host}  {sum(cats.values())} alert(s): {_counts(cats)}; names: {shown}")
     sc = run.state
+    quic = {k[5:]: v for k, v in sc.items() if k.startswith("quic-") and v}
+    if not quicp.QUIC_AVAILABLE:
+        lines.append("QUIC inspection: OFF (the 'cryptography' package is not installed)")
+    elif quic:
+        lines.append(f"QUIC Initial packets: {_counts(Counter(quic))}")
+    if st.tunnelled:
+        lines.append(f"frames taken out of tunnels: {_counts(st.tunnelled)}")
+    if st.ech:
+        lines.append(f"matched ClientHellos carrying an ECH extension (GREASE, or real ECH: then the name alerted is the outer, public one): {st.ech:,}")
+    learned = {k[8:]: v for k, v in sc.items() if k.startswith("learned-") and v}
+    if learned:
+        lines.append(f"addresses learned from Kaspersky DNS answers: {_counts(Counter(learned))}")
     if sc["streams_incomplete"]:
         lines.append(
             f"streams whose ClientHello or request head never completed: {sc['streams_incomplete']:,} "

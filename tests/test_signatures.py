@@ -79,7 +79,7 @@ def test_bundled_pack_loads() -> None:
         assert s.category in CATEGORIES
         assert s.confidence in LEVELS and s.severity in LEVELS
         assert s.source_ref and s.source_grade in GRADES
-        assert s.names or s.suffixes or s.wildcards
+        assert s.names or s.suffixes or s.wildcards or s.ports
         assert s.severity_number in (1, 2, 3)
         assert s.line >= 1
 

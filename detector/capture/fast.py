@@ -66,6 +66,9 @@ def _share(k: int, n: int) -> str:
 _UNTAGGED = "not (ether[12:2] = 0x8100 or ether[12:2] = 0x88a8 or ether[12:2] = 0x9100)"
 
 
+LEARN_ONLY = -1  # wire length marking a record from another share, for DNS learning only
+
+
 def filters(ethernet: bool, part: tuple[int, int] | None) -> tuple[str, str]:
     """BPF for handle A (flow heads) and handle B (whole), optionally for one share.
 
@@ -121,6 +124,14 @@ class FastCapture:
             raise NotOnFastPath(f"{path}: link type {dlt} not on the fast path")
         self.l2_offset, self.linktype = LINKS[dlt]
         a_filter, b_filter = filters(dlt == 1, part)
+        # A share also reads the other shares' UDP DNS answers, to learn the addresses its
+        # own clients resolved (the answer and the later flow have different address pairs).
+        self._c = None
+        if part is not None:
+            self._c = pcapy.open_offline(path)
+            other = f"udp src port 53 and not ({_share(*part)})"
+            c_filter = f"({other}) or (vlan and {other})" if dlt == 1 else other
+            self._c.setfilter(c_filter)
         try:
             self._a.setfilter(a_filter)
             self._b.setfilter(b_filter)
@@ -128,7 +139,9 @@ class FastCapture:
             raise NotOnFastPath(f"{path}: BPF: {exc}") from None
 
     def close(self) -> None:
-        for h in (self._a, self._b):
+        for h in (self._a, self._b, self._c):
+            if h is None:
+                continue
             with contextlib.suppress(Exception):  # closing twice: nothing to do
                 h.close()
 
@@ -141,7 +154,7 @@ class FastCapture:
     def _warn(self, msg: str) -> None:
         self.warning = f"{self.warning}; {msg}" if self.warning else msg
 
-    def _handle(self, cap: object, admit: int, cutoff: int) -> Iterator[tuple[float, bytes]]:
+    def _handle(self, cap: object, admit: int, cutoff: int, count: bool = True) -> Iterator[tuple[float, bytes]]:
         buf: list[tuple[tuple[int, int], bytes]] = []
         append = buf.append
 
@@ -158,7 +171,8 @@ class FastCapture:
                 processed = 0
                 if self.warning is None or str(exc) not in self.warning:
                     self._warn(f"libpcap stopped: {exc} (records before it were read)")
-            self.records += processed if not failed else len(buf)
+            if count:
+                self.records += processed if not failed else len(buf)
             for (sec, usec), data in buf:
                 yield sec + usec * 1e-6, data
             buf.clear()
@@ -169,12 +183,22 @@ class FastCapture:
         lt = self.linktype
         a = self._handle(self._a, ADMIT_HEADS, self.flow_head)
         b = self._handle(self._b, ADMIT_ALL, 0)
+        c = self._learn_only() if self._c is not None else iter(())
         na = next(a, None)
         nb = next(b, None)
+        nc = next(c, None)
         while na is not None or nb is not None:
+            if nc is not None and (na is None or nc[0] <= na[0]) and (nb is None or nc[0] <= nb[0]):
+                yield nc[0], lt, nc[1], LEARN_ONLY
+                nc = next(c, None)
+                continue
             if nb is None or (na is not None and na[0] <= nb[0]):
                 cur, na = na, next(a, None)
             else:
                 cur, nb = nb, next(b, None)
             self.delivered += 1
             yield cur[0], lt, cur[1], len(cur[1])  # type: ignore[index]
+
+    def _learn_only(self) -> Iterator[tuple[float, bytes]]:
+        # These packets are counted by the share that owns them.
+        yield from self._handle(self._c, ADMIT_ALL, 0, count=False)

@@ -49,6 +49,22 @@ def _app_record(alert: Alert) -> tuple[str, dict[str, Any]]:
         if d.get("version"):
             rec["version"] = d["version"]
         return "tls", rec
+    if ev == Evidence.TLS_CERT:
+        rec = {"subject": d.get("subject", "")}
+        if d.get("version"):
+            rec["version"] = d["version"]
+        return "tls", rec
+    if ev == Evidence.QUIC_SNI:
+        rec = {"sni": d.get("sni", obs.hostname)}
+        if d.get("version"):
+            rec["version"] = d["version"]
+        return "quic", rec
+    if ev in (Evidence.DNS_LEARNED, Evidence.PORT):
+        app = d.get("app_proto") or "failed"
+        rec = {}
+        if app == "tls" and d.get("sni"):
+            rec["sni"] = d["sni"]
+        return app, rec
     rec = {"hostname": d.get("hostname") or obs.hostname}
     for key in ("url", "http_method", "protocol", "http_user_agent"):
         if d.get(key):
@@ -69,6 +85,7 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
         "signature_severity": [sig.severity],
         "product_only": ["true" if sig.product_only else "false"],
         "evidence": [obs.evidence.value],
+        "evidence_strength": [alert.strength.label],
         "hostname": [obs.hostname],
         "matched_pattern": [alert.match.pattern],
         "source_ref": [sig.source_ref],
@@ -79,6 +96,12 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if sig.source_urls:
         meta["source_url"] = list(sig.source_urls)
+    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence"):
+        val = obs.detail.get(key)
+        if val:
+            meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
+    if "port_confidence" in meta:
+        meta["confidence"] = meta.pop("port_confidence")
     out: dict[str, Any] = {
         "timestamp": timestamp(alert.first_seen),
         "flow_id": obs.flow_id,
@@ -103,10 +126,11 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
         "rev": REV,
         "signature": sig.name,
         "category": sig.category,
-        "severity": sig.severity_number,
+        "severity": alert.severity_number,
         "metadata": meta,
     }
-    out[app] = record
+    if record or app in ("dns", "tls", "http", "quic"):
+        out[app] = record
     return out
 
 

@@ -23,6 +23,9 @@ class ContentType(enum.IntEnum):
 
 class HandshakeType(enum.IntEnum):
     CLIENT_HELLO = 1  # RFC 8446 section 4
+    SERVER_HELLO = 2
+    CERTIFICATE = 11
+    SERVER_HELLO_DONE = 14
 
 
 class ExtensionType(enum.IntEnum):
@@ -162,3 +165,87 @@ TLS_VERSIONS = {0x0300: "SSLv3", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "
 
 def version_name(v: int) -> str:
     return TLS_VERSIONS.get(v, f"0x{v:04x}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFlight:
+    """What a server's first flight says: the negotiated version and, for TLS 1.2 and
+    older (where it travels in clear), the certificate chain (DER, leaf first)."""
+
+    version: int
+    certificates: tuple[bytes, ...] = ()
+
+
+def looks_like_server_hello(first: bytes | bytearray) -> bool:
+    return (
+        len(first) >= 6
+        and first[0] == ContentType.HANDSHAKE
+        and first[1] == 3
+        and first[5] == HandshakeType.SERVER_HELLO
+    )
+
+
+def _messages(stream: bytes, limit: int = MAX_HELLO) -> tuple[list[bytes], bool]:
+    """Whole handshake messages from the start of a record stream, and whether the
+    handshake records ended (another content type follows)."""
+    hs = bytearray()
+    pos = 0
+    while len(stream) - pos >= 5:
+        ctype, length = stream[pos], (stream[pos + 3] << 8) | stream[pos + 4]
+        if ctype != ContentType.HANDSHAKE:
+            return _split_messages(bytes(hs)), True
+        if length == 0 or length > MAX_RECORD:
+            raise DecodeError("tls-bad-record-length")
+        hs += stream[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        if len(hs) > limit:
+            raise DecodeError("tls-server-flight-too-long")
+    return _split_messages(bytes(hs)), False
+
+
+def _split_messages(hs: bytes) -> list[bytes]:
+    out = []
+    pos = 0
+    while len(hs) - pos >= 4:
+        n = 4 + ((hs[pos + 1] << 16) | (hs[pos + 2] << 8) | hs[pos + 3])
+        if len(hs) - pos < n:
+            break
+        out.append(hs[pos : pos + n])
+        pos += n
+    return out
+
+
+def parse_server_flight(stream: bytes) -> ServerFlight | None:
+    """ServerHello (and Certificate, for TLS 1.2 and older) from the server's first bytes."""
+    msgs, ended = _messages(stream)
+    if not msgs:
+        return ServerFlight(0) if ended else None
+    r = Reader(msgs[0], "tls-server-hello")
+    if r.u8() != HandshakeType.SERVER_HELLO:
+        raise DecodeError("tls-not-server-hello")
+    body = r.restrict(r.u24())
+    version = body.u16()
+    body.skip(32)
+    body.skip(body.u8())
+    body.skip(3)  # cipher suite, compression method
+    if body.remaining:
+        exts = body.vector(2)
+        while exts.remaining:
+            etype = exts.u16()
+            ext = exts.vector(2)
+            if etype == ExtensionType.SUPPORTED_VERSIONS and ext.remaining >= 2:
+                version = ext.u16()
+    if version >= 0x0304:
+        return ServerFlight(version)  # the certificate is encrypted from here on
+    for msg in msgs[1:]:
+        if msg[0] == HandshakeType.CERTIFICATE:
+            cr = Reader(msg, "tls-certificate")
+            cr.skip(4)
+            chain = cr.vector(3)
+            certs = []
+            while chain.remaining:
+                certs.append(chain.bytes(chain.u24()))
+            return ServerFlight(version, tuple(certs))
+        if msg[0] == HandshakeType.SERVER_HELLO_DONE:
+            return ServerFlight(version)
+    return ServerFlight(version) if ended else None
