@@ -9,30 +9,59 @@ signatures.  The most specific match wins: exact name > wildcard > longest suffi
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 
 from .signatures import Signature, SignatureSet
 
-_VALID_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _TERMINAL = "\x00"  # trie key holding (signature, pattern) for a suffix ending here
 _WILD = "\x01"  # trie key holding wildcard entries whose literal part ends here
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# Text limits: a DNS name in presentation form writes an odd byte as \DDD (four characters),
+# so a 63-byte label can take 252 characters and a 253-byte name 1012.
+MAX_LABEL_TEXT = 63 * 4
+MAX_NAME_TEXT = 253 * 4
+_ESCAPED = re.compile(r"\\(?:\d{3}|.)", re.S)
+
+
+def split_labels(name: str) -> list[str]:
+    """Labels of a name; a dot written ``\\.`` (presentation format) stays inside its label."""
+    if "\\" not in name:
+        return name.split(".")
+    labels, cur, pos = [], [], 0
+    while pos < len(name):
+        m = _ESCAPED.match(name, pos)
+        if m:
+            cur.append(m.group(0))
+            pos = m.end()
+        elif name[pos] == ".":
+            labels.append("".join(cur))
+            cur, pos = [], pos + 1
+        else:
+            cur.append(name[pos])
+            pos += 1
+    labels.append("".join(cur))
+    return labels
 
 
 def normalise(name: str) -> str | None:
-    """Lower-case ASCII, one trailing dot removed, labels checked; None if not a hostname.
+    """ASCII letters lower-cased, one trailing dot removed; None if not a usable name.
 
-    Non-ASCII text never matches: names on the wire are A-labels (``xn--``), and folding
-    Unicode case would let look-alikes (the Kelvin sign lower-cases to ``k``) match.
+    Only ASCII is folded: folding Unicode case would let look-alikes match (the Kelvin sign
+    lower-cases to ``k``), so a name must spell the signature's labels in ASCII to match.
+    The labels *left* of a matched suffix may hold anything a hostile sender put there
+    (``|``, ``=``, quotes, control characters, invalid UTF-8 shown as ``\\xNN``): the name
+    still lies under the vendor's domain, and every output format escapes it.
     """
-    if not name or len(name) > 254 or not name.isascii():
+    if not name or len(name) > MAX_NAME_TEXT:
         return None
-    n = name.lower()
-    if n.endswith("."):
+    n = name.translate(_ASCII_LOWER)
+    if n.endswith(".") and not n.endswith("\\."):
         n = n[:-1]
-    if not n or len(n) > 253:
+    if not n:
         return None
-    for label in n.split("."):
-        if not _VALID_LABEL.match(label):
+    for label in split_labels(n):
+        if not label or len(label) > MAX_LABEL_TEXT:
             return None
     return n
 
@@ -42,6 +71,7 @@ class Hit:
     signature: Signature
     pattern: str
     kind: str  # "name", "wildcard", "suffix"
+    name: str = ""  # the looked-up name, normalised
 
 
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
@@ -106,11 +136,11 @@ class Matcher:
     def lookup_normalised(self, name: str) -> Hit | None:
         idx = self._exact.get(name)
         if idx is not None:
-            return Hit(self._sigs[idx], name, "name")
+            return Hit(self._sigs[idx], name, "name", name)
         node = self._trie
         suffix_hit: Hit | None = None
         wild_nodes = []
-        labels = name.split(".")
+        labels = split_labels(name)
         for i in range(len(labels) - 1, -1, -1):
             node = node.get(labels[i])  # type: ignore[assignment]
             if node is None:
@@ -124,5 +154,5 @@ class Matcher:
         for entries in reversed(wild_nodes):  # deepest literal part first
             for regex, whit in entries:
                 if regex.fullmatch(name):
-                    return whit
-        return suffix_hit
+                    return Hit(whit.signature, whit.pattern, whit.kind, name)
+        return Hit(suffix_hit.signature, suffix_hit.pattern, suffix_hit.kind, name) if suffix_hit else None

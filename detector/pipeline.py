@@ -485,7 +485,7 @@ class Detector:
         hit = self.matcher.lookup(name)
         if hit is None:
             return None
-        return self._emit(ts, evidence, name, hit.signature, hit.pattern, client, cport, server, sport, proto, detail, vlans, strength)
+        return self._emit(ts, evidence, hit.name, hit.signature, hit.pattern, client, cport, server, sport, proto, detail, vlans, strength)
 
     def _emit(
         self,
@@ -506,7 +506,7 @@ class Detector:
         obs = Observation(
             ts=ts,
             evidence=evidence,
-            hostname=name.lower().rstrip("."),
+            hostname=name,
             client=client,
             server=server,
             client_port=cport,

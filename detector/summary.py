@@ -21,6 +21,14 @@ class RunInfo:
     state: Counter[str] = field(default_factory=Counter)  # bounded tables, summed over workers
 
 
+def show(text: str) -> str:
+    """A wire string made safe for a terminal: anything not printable ASCII is escaped
+    (control characters, ESC sequences, bidi overrides)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.encode("ascii", "backslashreplace").decode("ascii").encode("unicode_escape").decode("ascii").replace("\\\\", "\\")
+
+
 def _counts(c: Counter[str]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -54,7 +62,7 @@ def render(det: Detector, run: RunInfo) -> str:
     lines.append(f"Kaspersky hosts found: {len(st.hosts)}")
     for host in sorted(st.hosts, key=lambda h: (-sum(st.hosts[h].values()), h)):
         cats = st.hosts[host]
-        names = sorted(st.host_names.get(host, ()))
+        names = sorted(show(n) for n in st.host_names.get(host, ()))
         shown = ", ".join(names[:6]) + (f", +{len(names) - 6} more" if len(names) > 6 else "")
         lines.append(f"  {host}  {sum(cats.values())} alert(s): {_counts(cats)}; names: {shown}")
     sc = run.state
