@@ -95,6 +95,7 @@ class Matcher:
         self._exact: dict[str, int] = {}
         self._trie: dict = {}
         self.size = 0
+        self.dns_anchors = _anchors(signatures)
         self._ports: dict[tuple[int, int], Signature] = {}
         for i, sig in enumerate(self._sigs):
             self._exact.update(dict.fromkeys(sig.names, i))
@@ -156,3 +157,25 @@ class Matcher:
                 if regex.fullmatch(name):
                     return Hit(whit.signature, whit.pattern, whit.kind, name)
         return Hit(suffix_hit.signature, suffix_hit.pattern, suffix_hit.kind, name) if suffix_hit else None
+
+
+MAX_ANCHORS = 64
+
+
+def _anchors(signatures: SignatureSet) -> tuple[bytes, ...] | None:
+    """Wire-format labels (length byte + lower-case label) of which every name pattern
+    holds at least one, e.g. ``b"\\x09kaspersky"``.  A DNS message whose lower-cased bytes
+    contain none of them cannot hold a matching name, so it need not be parsed.  None when
+    the packs are too varied for this to pay (then every DNS message is parsed)."""
+    out: set[bytes] = set()
+    for sig in signatures:
+        for pattern in (*sig.names, *sig.suffixes, *sig.wildcards):
+            labels = pattern.split(".")[:-1]  # never the top-level label alone
+            literal = [x for x in labels if "*" not in x and "?" not in x]
+            if not literal:
+                return None
+            best = next((x for x in reversed(literal) if len(x) >= 4), literal[-1])
+            out.add(bytes([len(best)]) + best.encode("ascii"))
+            if len(out) > MAX_ANCHORS:
+                return None
+    return tuple(sorted(out))

@@ -47,6 +47,7 @@ class Stats:
     bytes: int = 0
     shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
     ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
+    dns_prefiltered: int = 0  # DNS messages holding no vendor label: not parsed
     tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
@@ -63,6 +64,7 @@ class Stats:
         self.bytes += other.bytes
         self.shed += other.shed
         self.ech += other.ech
+        self.dns_prefiltered += other.dns_prefiltered
         self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
@@ -139,6 +141,8 @@ class Detector:
             if ip is None or ip[2] != IPProto.UDP:
                 return
             sport, dport, payload = transport.udp(ip[3])
+            if self.matcher.dns_anchors is not None and not any(a in payload.lower() for a in self.matcher.dns_anchors):
+                return
             msg = dnsp.parse_message(payload)
             if msg.qr and msg.rcode == "NOERROR" and msg.answers:
                 self._dns_answered(ts, ip[1], msg, query_seen=False, count=False)
@@ -358,6 +362,8 @@ class Detector:
             s.base = (s.base + used) & 0xFFFFFFFF
             s.consumed += 1
         for wire in messages:
+            if self._no_anchor(wire):
+                continue
             try:
                 self._dns_message(ts, src, sport, dst, dport, IPProto.TCP, dnsp.parse_message(wire), vlans)
             except DecodeError as exc:
@@ -410,7 +416,22 @@ class Detector:
 
     # -- DNS ---------------------------------------------------------------------------
     def _dns(self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...]) -> None:
+        if self._no_anchor(payload):
+            return
         self._dns_message(ts, src, sport, dst, dport, proto, dnsp.parse_message(payload), vlans)
+
+    def _no_anchor(self, wire: bytes) -> bool:
+        """True when a DNS message cannot name anything we match (cheap byte search before
+        the full dnspython parse); counted in the summary."""
+        anchors = self.matcher.dns_anchors
+        if anchors is None:
+            return False
+        low = wire.lower()
+        for a in anchors:
+            if a in low:
+                return False
+        self.stats.dns_prefiltered += 1
+        return True
 
     def _dns_message(
         self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, msg: dnsp.DnsMessage, vlans: tuple[int, ...]

@@ -6,12 +6,16 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from ..model import Alert
-from . import eve
+from . import cef, ecs, eve, leef, ocsf
 
 Formatter = Callable[[Alert], bytes]
 
 FORMATS: dict[str, Formatter] = {
     "eve": eve.format_alert,
+    "ecs": ecs.format_alert,
+    "cef": cef.format_alert,
+    "leef": leef.format_alert,
+    "ocsf": ocsf.format_alert,
 }
 
 

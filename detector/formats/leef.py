@@ -1,0 +1,153 @@
+"""IBM QRadar Log Event Extended Format (LEEF 2.0), one line per alert.
+
+``LEEF:2.0|Vendor|Product|Version|EventID|x09|key=value<TAB>key=value...``
+
+LEEF has no escape mechanism, so nothing that could end a field or the record may reach a
+value. The attribute delimiter is declared in the header as ``x09`` (a tab, LEEF 1.0's fixed
+delimiter, which every LEEF reader accepts): a tab is a control character, and every
+control character (tab, CR, LF, NUL, ESC, DEL, C1), U+2028/U+2029, lone surrogates and the
+Unicode bidi controls are written as visible text ``\\xNN`` / ``\\uNNNN`` (``VISIBLE``),
+the notation the parsers already use for bytes that are not UTF-8. So a value can never
+hold the delimiter or a line break; ``=`` and ``|`` need nothing in a value (a reader splits
+a pair at its first ``=``, and the header ends at the sixth ``|``). A header field is made
+visible too and its ``|`` written as ``\\x7c`` (``HEADER_VISIBLE``): LEEF cannot escape it.
+
+Keys: the LEEF 2.0 predefined attributes where one fits (``devTime``/``devTimeFormat``,
+``cat``, ``sev`` 1-10, ``src``, ``dst``, ``srcPort``, ``dstPort``, ``proto``, ``url``), then
+custom camelCase keys. ``sev`` is the alert's level: the signature's, one step lower on
+weak evidence, as in the EVE record. ``devTime`` is the first match, in
+``DEV_TIME_FORMAT`` (the Java SimpleDateFormat pattern of IBM's LEEF examples; month
+names are English whatever the locale). Empty values are left out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ..model import Alert, Evidence
+from .ecs import (
+    DNS_KINDS,
+    HTTP_KINDS,
+    PRODUCT,
+    VENDOR,
+    app_protocol,
+    confidence_level,
+    evidence_strength,
+    http_url,
+    product_version,
+    severity_level,
+)
+
+LEEF_VERSION = "2.0"
+DELIMITER = "\t"
+DELIMITER_DECLARATION = "x09"
+DEV_TIME_FORMAT = "MMM dd yyyy HH:mm:ss.SSS zzz"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+SEVERITY = {"high": 8, "medium": 5, "low": 3}
+PROTO_NAMES = {6: "TCP", 17: "UDP"}
+LIST_SEPARATOR = "; "
+
+_UNSAFE = [
+    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+    *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000),
+]  # fmt: skip
+VISIBLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
+HEADER_VISIBLE = {**VISIBLE, ord("|"): "\\x7c"}
+
+
+def dev_time(ts: float) -> str:
+    """``DEV_TIME_FORMAT`` in UTC: ``Nov 14 2023 22:13:20.250 UTC``."""
+    t = datetime.fromtimestamp(ts, timezone.utc)
+    return f"{MONTHS[t.month - 1]} {t:%d %Y %H:%M:%S}.{t.microsecond // 1000:03d} UTC"
+
+
+def clean_value(value: str) -> str:
+    return value.translate(VISIBLE)
+
+
+def clean_header(value: str) -> str:
+    return value.translate(HEADER_VISIBLE)
+
+
+def header(alert: Alert) -> list[str]:
+    """The header fields after ``LEEF:2.0``, uncleaned; the last one declares the delimiter."""
+    return [VENDOR, PRODUCT, product_version(), str(alert.signature.id), DELIMITER_DECLARATION]
+
+
+def attributes(alert: Alert) -> list[tuple[str, str]]:
+    """The attribute pairs, uncleaned, in output order; empty values already left out."""
+    obs = alert.observation
+    sig = alert.signature
+    d = obs.detail
+    ev = obs.evidence
+    app = app_protocol(alert)
+    pairs: list[tuple[str, str]] = [
+        ("devTime", dev_time(alert.first_seen)),
+        ("devTimeFormat", DEV_TIME_FORMAT),
+        ("cat", sig.category),
+        ("sev", str(SEVERITY[severity_level(alert)])),
+        ("src", obs.client),
+        ("dst", obs.server),
+        ("srcPort", str(obs.client_port)),
+        ("dstPort", str(obs.server_port)),
+        ("proto", PROTO_NAMES.get(obs.proto, str(obs.proto))),
+        ("name", sig.name),
+        ("hostname", "" if ev == Evidence.PORT else obs.hostname),
+        ("evidence", ev.value),
+        ("evidenceStrength", evidence_strength(alert)),
+        ("appProto", app),
+        ("count", str(alert.count)),
+        ("lastSeen", dev_time(alert.last_seen)),
+        ("matchedPattern", alert.match.pattern),
+        ("confidence", confidence_level(alert)),
+        ("signatureSeverity", sig.severity),
+        ("signatureVendor", sig.vendor),
+        ("affectedProducts", LIST_SEPARATOR.join(sig.products)),
+        ("productOnly", "true" if sig.product_only else "false"),
+        ("sourceRef", sig.source_ref),
+        ("sourceGrade", sig.source_grade),
+        ("flowId", str(obs.flow_id)),
+    ]
+    if obs.vlan:
+        pairs.append(("vlan", ",".join(str(v) for v in obs.vlan)))
+    if ev in DNS_KINDS:
+        answers = LIST_SEPARATOR.join(
+            " ".join(str(a.get(k, "")) for k in ("rrname", "rrtype", "rdata")) for a in d.get("answers") or ()
+        )
+        pairs += [
+            ("dnsQuery", str(d.get("rrname") or obs.hostname)),
+            ("dnsType", str(d.get("rrtype") or "")),
+            ("dnsId", str(d["id"]) if isinstance(d.get("id"), int) else ""),
+            ("dnsRcode", str(d.get("rcode") or "")),
+            ("dnsAnswers", answers),
+        ]
+    elif ev in HTTP_KINDS or (app == "http" and d.get("url")):
+        url = http_url(obs)
+        pairs += [
+            ("url", url.full or url.original),
+            ("httpMethod", str(d.get("http_method") or "")),
+            ("httpVersion", str(d.get("protocol") or "")),
+            ("userAgent", str(d.get("http_user_agent") or "")),
+        ]
+    elif app in ("tls", "quic"):
+        pairs += [
+            ("tlsSni", str(d.get("sni") or "")),
+            ("tlsVersion", str(d.get("tls_version" if app == "quic" else "version") or "")),
+            ("quicVersion", str(d.get("version") or "") if app == "quic" else ""),
+            ("certSubject", str(d.get("subject") or "")),
+            ("certNames", LIST_SEPARATOR.join(str(n) for n in d.get("cert_names") or ())),
+        ]
+    pairs += [
+        ("resolvedBy", str(d.get("resolved_by") or "")),
+        ("kscAgent", str(d.get("agent") or "") if ev == Evidence.PORT else ""),
+        ("kscServer", str(d.get("ksc_server") or "") if ev == Evidence.PORT else ""),
+    ]
+    if alert.source_file:
+        pairs.append(("pcapFile", alert.source_file))
+    return [(k, v) for k, v in pairs if v]
+
+
+def format_alert(alert: Alert) -> bytes:
+    head = "|".join(["LEEF:" + LEEF_VERSION, *(clean_header(f) for f in header(alert))])
+    body = DELIMITER.join(f"{k}={clean_value(v)}" for k, v in attributes(alert))
+    return f"{head}|{body}\n".encode()

@@ -1,0 +1,181 @@
+"""CEF lines read back by a real CEF parser: liblognorm's ``cef`` field type, run through
+Debian's ``lognormalizer`` (package liblognorm-utils). Every header field and extension pair
+must come back exactly, hostile values included, and no other key may appear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from functools import cache
+
+import pytest
+from test_formats_common import (
+    HOSTILE,
+    HOSTILE_IDS,
+    golden_check,
+    hostile_alerts,
+    sample_alerts,
+    visible,
+)
+
+from detector.formats import cef
+from detector.model import Alert
+
+RULEBASE = "version=2\nrule=:%cef:cef%\n"
+HEADER_NAMES = ("DeviceVendor", "DeviceProduct", "DeviceVersion", "SignatureID", "Name", "Severity")
+COMMON_KEYS = {
+    "rt", "start", "end", "cnt", "spt", "dpt", "proto", "app", "dhost", "cat", "externalId",
+    "cs1Label", "cs1", "cs2Label", "cs2", "cs3Label", "cs3", "cs4Label", "cs4", "cs5Label", "cs5",
+    "flexString1Label", "flexString1", "cn2Label", "cn2",
+}  # fmt: skip
+V4 = {"src", "dst"}
+V6 = {"c6a2Label", "c6a2", "c6a3Label", "c6a3"}
+DNS = {"cs6Label", "cs6", "cn1Label", "cn1", "msg"}
+HTTP = {"request", "requestMethod", "requestClientApplication"}
+CAPTURE = {"flexString2Label", "flexString2"}
+
+
+@cache
+def _lognormalizer() -> str:
+    exe = shutil.which("lognormalizer")
+    if not exe:
+        pytest.skip("lognormalizer not installed (apt-get install liblognorm-utils)")
+    return exe
+
+
+def parse_cef(lines: list[bytes], tmp_path_factory) -> list[dict]:
+    """Run lognormalizer once over all lines; one parsed object per line, in order."""
+    rules = tmp_path_factory.mktemp("lognorm") / "cef.rulebase"
+    rules.write_text(RULEBASE)
+    out = subprocess.run(
+        [_lognormalizer(), "-r", str(rules), "-e", "json"],
+        input=b"".join(lines), capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    parsed = [json.loads(line) for line in out.stdout.decode("utf-8").splitlines()]
+    assert len(parsed) == len(lines), out.stderr
+    return parsed
+
+
+def expected(alert: Alert) -> tuple[list[str], dict[str, str]]:
+    """What a reader must get back: the module's unescaped fields, with the characters CEF
+    cannot carry made visible (CR/LF have escapes of their own in the extension)."""
+    head = [visible(f) for f in cef.header(alert)[1:]]
+    ext = {k: visible(v, keep="\r\n") for k, v in cef.extension(alert)}
+    return head, ext
+
+
+def check_round_trip(alert: Alert, parsed: dict) -> dict[str, str]:
+    assert "cef" in parsed, f"lognormalizer could not parse it: {parsed}"
+    got = parsed["cef"]
+    head, ext = expected(alert)
+    assert [got[n] for n in HEADER_NAMES] == head
+    assert set(got) == {*HEADER_NAMES, "Extensions"}
+    assert got["Extensions"] == ext
+    return got["Extensions"]
+
+
+# -- the records ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", list(sample_alerts()))
+def test_golden(kind):
+    golden_check(f"cef-{kind}.log", cef.format_alert(sample_alerts()[kind]))
+
+
+def test_samples_round_trip(tmp_path_factory):
+    alerts = sample_alerts()
+    parsed = parse_cef([cef.format_alert(a) for a in alerts.values()], tmp_path_factory)
+    got = {k: check_round_trip(a, p) for (k, a), p in zip(alerts.items(), parsed, strict=True)}
+    assert set(got["dns-answer"]) == COMMON_KEYS | V4 | DNS
+    assert set(got["tls-sni"]) == COMMON_KEYS | V6 | CAPTURE
+    assert set(got["http-host"]) == COMMON_KEYS | V4 | HTTP
+    assert set(got["http-absolute-uri"]) == COMMON_KEYS | V4 | HTTP - {"requestClientApplication"}
+    q = got["dns-answer"]
+    assert (q["src"], q["spt"], q["dst"], q["dpt"]) == ("198.18.0.10", "40001", "198.18.0.1", "53")
+    assert (q["dhost"], q["cs6"], q["cn1"], q["cat"]) == ("downloads.upd.kaspersky.com", "updates.example.net", "2", "update")
+    assert q["msg"].startswith("updates.example.net CNAME cdn.example.net.; cdn.example.net CNAME downloads.upd")
+    assert (q["rt"], q["cnt"]) == ("1700000000250", "1")
+    t = got["tls-sni"]
+    assert (t["c6a2"], t["c6a3"], t["c6a2Label"]) == ("2001:db8::10", "2001:db8::1", "Source IPv6 Address")
+    h = got["http-host"]
+    assert h["request"] == "http://touch.kaspersky.com/api/v1/touch?id=42"
+    assert (h["cnt"], h["start"], h["end"]) == ("12", "1700000000250", "1700003600000")
+    assert got["http-connect"]["request"] == "cm.k.kaspersky-labs.com:443"
+    c = got["tls-certificate"]
+    assert set(c) == COMMON_KEYS | V4 | {"msg"} and c["cn2"] == "1"
+    assert c["msg"] == "certificate subject CN=crl.kaspersky.com,O=AO Kaspersky Lab; names crl.kaspersky.com, *.kaspersky.com"
+    assert (got["quic-sni"]["app"], got["quic-sni"]["proto"]) == ("QUIC", "UDP")
+    learned = got["ip-from-dns"]
+    assert (learned["app"], learned["dhost"]) == ("TLS", "activation-v2.kaspersky.com")
+    assert learned["msg"] == "DNS answer to 198.18.0.10 for activation-v2.kaspersky.com"
+    port = got["ksc-port"]
+    assert "dhost" not in port and (port["cs3"], port["dpt"], port["cs2"], port["cn2"]) == ("tcp/13000", "13000", "high", "3")
+    assert port["msg"] == "KSC agent 198.18.0.10, server 198.18.0.1"
+
+
+def test_weak_evidence_lowers_severity():
+    a = sample_alerts()
+    assert cef.header(a["tls-certificate"])[6] == "5"  # high signature, weak evidence
+    assert cef.header(a["dns-answer"])[6] == "8"
+
+
+def test_severity_scale():
+    assert [cef.SEVERITY[s] for s in ("low", "medium", "high")] == [3, 5, 8]
+    assert all(0 <= v <= 10 for v in cef.SEVERITY.values())
+
+
+def test_escaping_tables():
+    assert cef.escape_value("a\\b=c\r\nd|e") == "a\\\\b\\=c\\r\\nd|e"
+    assert cef.escape_header("a\\b|c=d") == "a\\\\b\\|c=d"
+    assert cef.escape_value("\x00\x1b\u202e") == "\\\\x00\\\\x1b\\\\u202e"
+    assert cef.escape_header("a\nb") == "a\\\\x0ab"
+
+
+def test_hostile_values_round_trip(tmp_path_factory):
+    cases = [(h, kind, a) for h in HOSTILE for kind, a in hostile_alerts(h).items()]
+    parsed = parse_cef([cef.format_alert(a) for _, _, a in cases], tmp_path_factory)
+    for (h, kind, alert), p in zip(cases, parsed, strict=True):
+        ext = check_round_trip(alert, p)
+        v = visible(h, keep="\r\n")
+        assert ext["dhost"] == v, (h, kind)
+        if kind == "http":
+            assert set(ext) == COMMON_KEYS | V4 | HTTP | CAPTURE, h
+            assert (ext["requestClientApplication"], ext["cs3"], ext["flexString2"]) == (v, v, v)
+            netloc = f"[{v}]" if ":" in h else v  # a host with a colon is written as an IPv6 literal
+            assert ext["request"] == f"http://{netloc}/p?{v}"
+            assert p["cef"]["Name"] == visible("sig " + h)
+            assert ext["cat"] == visible("cat " + h, keep="\r\n")
+        elif kind == "dns":
+            assert set(ext) == COMMON_KEYS | V4 | DNS, h
+            assert ext["cs6"] == v and ext["msg"] == f"{v} CNAME {v}"
+        elif kind == "cert":
+            assert set(ext) == COMMON_KEYS | V4 | {"msg"}, h
+            assert ext["msg"] == f"certificate subject CN={v}; names {v}, x"
+        elif kind == "learned":
+            assert set(ext) == COMMON_KEYS | V4 | {"msg"}, h
+            assert ext["msg"] == "DNS answer for " + v
+        else:
+            assert set(ext) == COMMON_KEYS | V4, h
+
+
+@pytest.mark.parametrize("h", HOSTILE, ids=HOSTILE_IDS)
+def test_hostile_header_without_a_parser(h):
+    # Independent of liblognorm: the header is the first seven unescaped pipes, each field
+    # unescapes to what was sent, and one space leads into the extension.
+    for alert in hostile_alerts(h).values():
+        line = cef.format_alert(alert).decode()
+        fields, cur, i = [], "", 0
+        while len(fields) < 7:
+            c = line[i]
+            if c == "\\":
+                assert line[i + 1] in "\\|", f"bad header escape in {line!r}"
+                cur, i = cur + line[i + 1], i + 2
+                continue
+            if c == "|":
+                fields.append(cur)
+                cur = ""
+            else:
+                cur += c
+            i += 1
+        assert fields == ["CEF:0", *expected(alert)[0]]
+        assert line[i] == " " and line[i + 1] != " "
+        assert "\x00" not in line and "\r" not in line and line.count("\n") == 1
