@@ -35,6 +35,7 @@ DNS_PORT = 53
 MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxies)
 MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
+MAX_DONE_RAW = 200_000
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
 
@@ -129,6 +130,10 @@ class Detector:
         self.learned = LearnedNames()
         self.awaiting = Awaiting()
         self.quic = quicp.QuicTracker()
+        # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
+        # one-lookup skip; FIFO-capped like the flow table.
+        self._done_raw: dict[bytes, None] = {}
+        self._rk: bytes | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
         """A DNS packet that belongs to another worker's share of the file: learn the
@@ -160,6 +165,28 @@ class Detector:
         st.packets += 1
         st.bytes += len(data)
         self._out = []
+        # The common case first: an untagged Ethernet TCP segment of a decided stream,
+        # without SYN/FIN/RST, costs one slice and one dict lookup, nothing decoded.
+        rk = None
+        if linktype == 1 and len(data) >= 74:
+            et = data[12:14]
+            if et == b"\x08\x00":
+                if data[14] == 0x45 and not (data[20] & 0x3F or data[21]):
+                    if data[23] == 6:
+                        rk = data[26:38]
+                        if not data[47] & 7 and rk in self._done_raw:
+                            st.ip_packets += 1
+                            return self._out
+                    elif data[23] == 17 and (data[34:36] == b"\x00\x35" or data[36:38] == b"\x00\x35") and self._no_anchor(data):
+                        st.ip_packets += 1  # DNS that cannot name anything we match
+                        st.inspected += 1
+                        return self._out
+            elif et == b"\x86\xdd" and data[20] == 6:
+                rk = data[22:58]
+                if not data[67] & 7 and rk in self._done_raw:
+                    st.ip_packets += 1
+                    return self._out
+        self._rk = rk
         try:
             self._frame(ts, linktype, data, 0)
         except DecodeError as exc:
@@ -216,6 +243,7 @@ class Detector:
     def _tunnel(self, ts: float, kind: str, inner: tuple[int, bytes], depth: int) -> None:
         """Inspect the frame inside a tunnel like a captured one (at most MAX_TUNNEL_DEPTH deep)."""
         tunnel.check_depth(depth)  # DecodeError("tunnel-too-deep")
+        self._rk = None  # the outer frame's addresses are not the inner flow's
         self.stats.tunnelled[kind] += 1
         linktype, frame = inner
         self._frame(ts, linktype, frame, depth + 1)
@@ -271,6 +299,8 @@ class Detector:
         if entry is DONE:
             if flags & (FIN | RST):
                 flows.remove(key)
+                if self._rk is not None:
+                    self._done_raw.pop(self._rk, None)
             return
         if not payload:
             if flags & RST or (flags & FIN and entry is not False):
@@ -295,8 +325,15 @@ class Detector:
             done = True
         if done:
             flows.set(key, DONE)
+            if self._rk is not None:
+                raw = self._done_raw
+                raw[self._rk] = None
+                if len(raw) > MAX_DONE_RAW:
+                    del raw[next(iter(raw))]
         if flags & (FIN | RST):
             flows.remove(key)
+            if self._rk is not None:
+                self._done_raw.pop(self._rk, None)
 
     def _stream(self, ts: float, key: FlowKey, s: Stream, vlans: tuple[int, ...]) -> bool:
         """Parse what the stream holds; True once the stream is decided."""

@@ -69,19 +69,36 @@ _UNTAGGED = "not (ether[12:2] = 0x8100 or ether[12:2] = 0x88a8 or ether[12:2] = 
 LEARN_ONLY = -1  # wire length marking a record from another share, for DNS learning only
 
 
-def filters(ethernet: bool, part: tuple[int, int] | None) -> tuple[str, str]:
-    """BPF for handle A (flow heads) and handle B (whole), optionally for one share.
+# TCP segments with no payload and no SYN/FIN/RST (pure ACKs: about a third of TCP): they
+# carry nothing to parse, so BPF drops them; a count-only handle keeps the packet total.
+_PURE_ACK4 = (
+    "tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) = 0 "
+    "and ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) = 0"
+)
+_PURE_ACK6 = "ip6 and ip6[6] = 6 and ip6[53] & 0x07 = 0 and ip6[4:2] - ((ip6[52] & 0xf0) >> 2) = 0"
+
+
+def filters(ethernet: bool, part: tuple[int, int] | None, drop_pure_acks: bool = True) -> tuple[str, str, str | None]:
+    """BPF for handle A (flow heads), handle B (whole) and handle D (pure ACKs: counted,
+    never delivered), optionally for one share.
 
     Together they cover every packet of the file exactly once (tested).  On Ethernet the
     ``vlan`` keyword appears only as the last alternative, where its offset shift is meant.
     """
     h = _HEADABLE
     s = _share(*part) if part else "1 = 1"
+    if drop_pure_acks:
+        a_in, b_in = f"({h}) and not ({_PURE_ACK4})", f"not ({h}) and not ({_PURE_ACK6})"
+        d_in: str | None = f"((({h}) and ({_PURE_ACK4})) or ({_PURE_ACK6}))"
+    else:
+        a_in, b_in, d_in = f"({h})", f"not ({h})", None
     if not ethernet:
-        return f"({h}) and ({s})", f"not ({h}) and ({s})"
-    a = f"(({h}) and ({s})) or (vlan and ({h}) and ({s}))"
-    b = f"({_UNTAGGED} and not ({h}) and ({s})) or (vlan and not ({h}) and ({s}))"
-    return a, b
+        d = f"{d_in} and ({s})" if d_in else None
+        return f"{a_in} and ({s})", f"{b_in} and ({s})", d
+    a = f"({a_in} and ({s})) or (vlan and {a_in} and ({s}))"
+    b = f"({_UNTAGGED} and {b_in} and ({s})) or (vlan and {b_in} and ({s}))"
+    d = f"({d_in} and ({s})) or (vlan and {d_in} and ({s}))" if d_in else None
+    return a, b, d
 
 
 def usable(path: str) -> bool:
@@ -103,7 +120,9 @@ class NotOnFastPath(CaptureError):
 class FastCapture:
     """Iterate merged records ``(ts, linktype, data, wirelen)`` of one pcap file."""
 
-    def __init__(self, path: str, flow_head: int = DEFAULT_FLOW_HEAD, part: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, path: str, flow_head: int = DEFAULT_FLOW_HEAD, part: tuple[int, int] | None = None, drop_pure_acks: bool = True
+    ) -> None:
         self.path = path
         self.flow_head = flow_head
         self.warning: str | None = None
@@ -123,7 +142,8 @@ class FastCapture:
         if dlt not in LINKS:
             raise NotOnFastPath(f"{path}: link type {dlt} not on the fast path")
         self.l2_offset, self.linktype = LINKS[dlt]
-        a_filter, b_filter = filters(dlt == 1, part)
+        a_filter, b_filter, d_filter = filters(dlt == 1, part, drop_pure_acks)
+        self._d_filter = d_filter
         # A share also reads the other shares' UDP DNS answers, to learn the addresses its
         # own clients resolved (the answer and the later flow have different address pairs).
         self._c = None
@@ -179,7 +199,26 @@ class FastCapture:
             if failed or processed < CHUNK:
                 return
 
+    def _count_pure_acks(self) -> None:
+        """One more pass with the pure-ACK filter, admitting nothing: only the count."""
+        if self._d_filter is None:
+            return
+        d = pcapy.open_offline(self.path)
+        try:
+            d.setfilter(self._d_filter)
+            while True:
+                res = d.loop_filtered(CHUNK * 16, lambda *_: None, 0, b"", 0, l2_offset=self.l2_offset)
+                self.records += res[0] + res[1]
+                if res[0] + res[1] < CHUNK * 16:
+                    break
+        except pcapy.PcapError:
+            pass  # the damage is reported by the other handles
+        finally:
+            with contextlib.suppress(Exception):
+                d.close()
+
     def __iter__(self) -> Iterator[Record]:
+        self._count_pure_acks()
         lt = self.linktype
         a = self._handle(self._a, ADMIT_HEADS, self.flow_head)
         b = self._handle(self._b, ADMIT_ALL, 0)
