@@ -252,25 +252,21 @@ class Detector:
         hello = self.quic.datagram(src, sport, dst, dport, payload, ts)  # DecodeError: feed() counts it
         if hello is None:
             return
-        detail = {
-            "sni": hello.server_name,
-            "version": quicp.version_name(self.quic.last_version),
-            "tls_version": tlsp.version_name(hello.version),
-            "alpn": list(hello.alpn),
-            "ech": hello.ech,
-        }
-        named = None
-        if hello.server_name:
-            if hello.ech:
-                self.stats.ech += 1
-            named = self._observe(ts, Evidence.QUIC_SNI, hello.server_name, src, sport, dst, dport, IPProto.UDP, detail, vlans)
+        detail = _hello_detail(hello, version=quicp.version_name(self.quic.last_version), tls_version=tlsp.version_name(hello.version))
+        named = self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
         if named is None and (not hello.server_name or hello.ech):
-            learned = self.learned.lookup(src, dst, ts)
-            if learned is not None:
-                hostname, hit, _ = learned
-                detail = dict(detail, app_proto="quic", resolved_by=f"DNS answer to {src} for {hostname}")
-                self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
-                           IPProto.UDP, detail, vlans, Strength.WEAK)
+            self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans)
+
+    def _named_hello(
+        self, ts: float, evidence: Evidence, hello: tlsp.ClientHello, detail: dict, src: str, sport: int, dst: str,
+        dport: int, proto: int, vlans: tuple[int, ...],
+    ) -> Match | None:
+        """The ClientHello's server name, if it matches (TLS over TCP, or QUIC)."""
+        if not hello.server_name:
+            return None
+        if hello.ech:
+            self.stats.ech += 1
+        return self._observe(ts, evidence, hello.server_name, src, sport, dst, dport, proto, detail, vlans)
 
     def account_shed(self, n: int) -> None:
         """Count packets that a capture layer read and shed before they reached ``feed``."""
@@ -370,19 +366,10 @@ class Detector:
                 if full:
                     raise DecodeError("tls-client-hello-too-long")
                 return False
-            detail = {
-                "sni": hello.server_name,
-                "version": tlsp.version_name(hello.version),
-                "alpn": list(hello.alpn),
-                "ech": hello.ech,
-            }
-            named = None
-            if hello.server_name:
-                if hello.ech:
-                    self.stats.ech += 1
-                named = self._observe(ts, Evidence.TLS_SNI, hello.server_name, src, sport, dst, dport, 6, detail, vlans)
-                if named is not None:
-                    self.awaiting.add((dst, dport, src, sport), key_of(named), "tls")
+            detail = _hello_detail(hello, version=tlsp.version_name(hello.version))
+            named = self._named_hello(ts, Evidence.TLS_SNI, hello, detail, src, sport, dst, dport, IPProto.TCP, vlans)
+            if named is not None:
+                self.awaiting.add((dst, dport, src, sport), key_of(named), "tls")
             # No host name of its own (no SNI, or ECH with an outer name we do not know):
             # an address learned from DNS may still name the flow.
             hostless = not hello.server_name or (hello.ech and named is None)
@@ -602,16 +589,24 @@ class Detector:
         psig = self.matcher.lookup_port(IPProto.TCP, dport)
         if psig is not None and (app == "tls" or not psig.tls_required):
             self._port_hit(ts, psig, src, sport, dst, dport, IPProto.TCP, app == "tls", sni, vlans, app)
-        if hostless is None:
-            return
+        if hostless is not None:
+            m = self._hostless(ts, src, sport, dst, dport, IPProto.TCP, app, hostless, vlans)
+            if m is not None:
+                self.awaiting.add((dst, dport, src, sport), key_of(m), "any")
+
+    def _hostless(
+        self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, app: str, detail: dict,
+        vlans: tuple[int, ...],
+    ) -> Match | None:
+        """A flow with no host name of its own, to an address ``src`` learned from a DNS
+        answer for a Kaspersky name: attributed to that name."""
         learned = self.learned.lookup(src, dst, ts)
         if learned is None:
-            return
-        hostname, hit, learned_at = learned
-        detail = dict(hostless, app_proto=app, resolved_by=f"DNS answer to {src} for {hostname}")
-        m = self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
-                       IPProto.TCP, detail, vlans, Strength.WEAK)
-        self.awaiting.add((dst, dport, src, sport), key_of(m), "any")
+            return None
+        hostname, hit, _learned_at = learned
+        detail = dict(detail, app_proto=app, resolved_by=f"DNS answer to {src} for {hostname}")
+        return self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
+                          proto, detail, vlans, Strength.WEAK)
 
     def _port_hit(
         self, ts: float, sig: Any, src: str, sport: int, dst: str, dport: int, proto: int, tls: bool,
@@ -675,6 +670,10 @@ class Detector:
 
 
 _PREFIXES = tuple(m + b" " for m in httpp.METHODS)
+
+
+def _hello_detail(hello: tlsp.ClientHello, **versions: str) -> dict:
+    return {"sni": hello.server_name, **versions, "alpn": list(hello.alpn), "ech": hello.ech}
 
 
 def proto_name(proto: int) -> str:

@@ -25,11 +25,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from ..model import Alert, Evidence
-from .ecs import (
+from .common import (
     DNS_KINDS,
     HTTP_KINDS,
     PRODUCT,
     VENDOR,
+    VISIBLE,
     app_protocol,
     confidence_level,
     evidence_strength,
@@ -47,11 +48,6 @@ SEVERITY = {"high": 8, "medium": 5, "low": 3}
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 LIST_SEPARATOR = "; "
 
-_UNSAFE = [
-    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
-    *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000),
-]  # fmt: skip
-VISIBLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
 HEADER_VISIBLE = {**VISIBLE, ord("|"): "\\x7c"}
 
 

@@ -44,7 +44,7 @@ import uuid
 from typing import Any
 
 from ..model import Alert, Evidence
-from .ecs import (
+from .common import (
     DNS_KINDS,
     HTTP_KINDS,
     PRODUCT,
@@ -54,17 +54,15 @@ from .ecs import (
     epoch_ms,
     evidence_strength,
     http_url,
+    json_line,
     names_server,
     product_version,
     severity_level,
 )
 
 OCSF_VERSION = "1.8.0"
-ENSURE_ASCII = True
-SEPARATORS = (",", ":")
 # A lone surrogate (U+D800-U+DFFF) is no character: json.dumps would write it as a \\uD8xx
 # escape that strict JSON readers reject, so it is written as visible text instead.
-SURROGATES = {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
 
 CATEGORY_UID, CATEGORY_NAME = 2, "Findings"
 CLASS_UID, CLASS_NAME = 2004, "Detection Finding"
@@ -279,16 +277,5 @@ def to_dict(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _no_surrogates(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return obj.translate(SURROGATES)
-    if isinstance(obj, dict):
-        return {k: _no_surrogates(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_no_surrogates(v) for v in obj]
-    return obj
-
-
 def format_alert(alert: Alert) -> bytes:
-    doc = _no_surrogates(to_dict(alert))
-    return json.dumps(doc, ensure_ascii=ENSURE_ASCII, separators=SEPARATORS).encode("ascii") + b"\n"
+    return json_line(to_dict(alert))

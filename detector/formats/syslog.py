@@ -45,7 +45,7 @@ import enum
 from datetime import datetime, timezone
 
 from ..model import Alert
-from .ecs import iso_utc, severity_level
+from .common import VISIBLE, iso_utc, severity_level
 
 
 class Facility(enum.IntEnum):
@@ -104,11 +104,6 @@ PRINTUSASCII = frozenset(range(33, 127))
 SD_NAME_FORBIDDEN = frozenset(b'= ]"')
 TAG_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 REPLACEMENT = "_"
-_UNSAFE = [
-    *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
-    *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000),
-]  # fmt: skip
-VISIBLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
 PARAM_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "]": "\\]"})
 MSG_ESCAPES = ((b"\r", b"\\x0d"), (b"\n", b"\\x0a"), (b"\x00", b"\\x00"))
 
