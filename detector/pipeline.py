@@ -356,7 +356,8 @@ class Detector:
             else:
                 # Neither TLS, HTTP nor DNS: decided.  If this side spoke first, a Kaspersky
                 # port or an address learned from DNS can still name the flow.
-                if self.flows.get((dst, dport, src, sport)) is False:
+                rev = self.flows.get((dst, dport, src, sport))
+                if rev is not DONE and not isinstance(rev, Stream):  # the other side sent no data yet
                     self._client_flow(ts, key, "failed", {}, vlans)
                 return True
         full = len(data) >= self.flows.max_stream
