@@ -5,11 +5,14 @@ The only place that maps errors to exit statuses:
   1  one or more inputs could not be read (each named on standard error); the others ran
   2  usage, signature or output errors: nothing was read
   3  an internal error (a bug); rerun with --debug for the traceback
+  4  the run completed but some alerts could be neither delivered nor spooled
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 import time
 import traceback
@@ -19,14 +22,13 @@ from . import __version__, replay
 from .capture import fast
 from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
-from .formats import get_format
+from .outputs import open_outputs
 from .pipeline import Detector
 from .replay import FileResult
 from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
-from .sinks.file import FileSink
 from .summary import RunInfo, render
 
-EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_INTERNAL, EXIT_UNDELIVERED = 0, 1, 2, 3, 4
 
 
 def _err(msg: str) -> None:
@@ -42,13 +44,16 @@ def _signatures(args: argparse.Namespace) -> SignatureSet:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     sigs = _signatures(args)
-    fmt = get_format("eve")
     files, problems = expand_paths(args.paths)
     if not files and problems:
         for p in problems:
             _err(p)
         return EXIT_INPUT
-    sink = FileSink(args.output or "-")
+    # Every destination is opened (and every collector reached, unless --spool) before
+    # any packet is read: a SinkError here is exit status 2.
+    outs = open_outputs(args.output or [], spool_dir=args.spool, ca=args.ca, hostname=args.sensor_name)
+    if hasattr(signal, "SIGHUP"):  # logrotate: reopen output files by name
+        signal.signal(signal.SIGHUP, lambda *_: outs.reopen())
     det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug)
     run = RunInfo(files_failed=list(problems))
     for p in problems:
@@ -57,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def emit(alerts: list) -> None:
         for a in alerts:
-            sink.write(fmt(a))
+            outs.emit(a)
         run.alerts_written += len(alerts)
 
     def done(res: FileResult) -> None:
@@ -92,10 +97,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         emit(det.flush())
     finally:
         run.seconds = time.perf_counter() - start
-        sink.close()
+        outs.close(args.output_timeout)  # waits for collectors, spools what is left
     if not args.quiet:
         sys.stderr.write(render(det, run))
-    return EXIT_INPUT if run.files_failed else EXIT_OK
+        sys.stderr.write("".join(line + "\n" for line in outs.summary_lines()))
+    if run.files_failed:
+        return EXIT_INPUT
+    if outs.undeliverable:
+        _err(f"{outs.undeliverable} alert(s) could be neither delivered nor spooled (see above)")
+        return EXIT_UNDELIVERED
+    return EXIT_OK
 
 
 def cmd_signatures_check(args: argparse.Namespace) -> int:
@@ -135,7 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "(recursively) and globs; write one Suricata EVE JSON alert per line to "
                        "standard output (or --output) and a summary to standard error.")
     r.add_argument("paths", nargs="+", metavar="PATH", help="capture file, directory or glob")
-    r.add_argument("--output", "-o", metavar="FILE", help="append EVE JSON alerts to FILE instead of standard output")
+    r.add_argument("--output", "-o", action="append", metavar="[FORMAT:]DEST",
+                   help="where alerts go, repeatable (default: EVE JSON on standard output). FORMAT: "
+                   "eve (default), ecs, cef, leef, ocsf. DEST: - (standard output), a file (appended; "
+                   "FILE?max_bytes=N&backups=K rotates it), syslog+udp|tcp|tls://HOST[:PORT] (RFC 5424; "
+                   "syslog3164+... for RFC 3164), hec+https://HOST[:PORT] (Splunk HEC, token in "
+                   "DETECTOR_HEC_TOKEN), elastic+https://HOST[:PORT]/INDEX (_bulk, API key in "
+                   "DETECTOR_ELASTIC_API_KEY)")
+    r.add_argument("--spool", metavar="DIR",
+                   help="keep alerts a network destination cannot take (down, slow) in DIR and send them "
+                   "when it is back, also in a later run; without it an unreachable destination at "
+                   "start is an error")
+    r.add_argument("--ca", metavar="FILE", help="CA certificates (PEM) for TLS destinations without their own ?ca=")
+    r.add_argument("--sensor-name", metavar="NAME",
+                   help="this sensor's name in syslog HOSTNAME and HEC host (default: the host name)")
+    r.add_argument("--output-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="at the end, how long to wait for collectors before spooling what is left (default 10)")
     r.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
@@ -172,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jobs must be between 1 and 256")
     if getattr(args, "flow_head", 4) < 4:
         parser.error("--flow-head must be at least 4")
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                        format="detector: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
     except SignatureError as exc:
