@@ -8,6 +8,7 @@ once a stream is decided it costs one dict lookup per packet.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections import Counter, OrderedDict
@@ -36,6 +37,7 @@ MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxi
 MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
 MAX_DONE_RAW = 200_000
+MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
 
@@ -133,6 +135,7 @@ class Detector:
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
         # one-lookup skip; FIFO-capped like the flow table.
         self._done_raw: dict[bytes, None] = {}
+        self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
         self._rk: bytes | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
@@ -148,7 +151,7 @@ class Detector:
             sport, dport, payload = transport.udp(ip[3])
             if self.matcher.dns_anchors is not None and not any(a in payload.lower() for a in self.matcher.dns_anchors):
                 return
-            msg = dnsp.parse_message(payload)
+            msg = self._parse_dns(payload)
             if msg.qr and msg.rcode == "NOERROR" and msg.answers:
                 self._dns_answered(ts, ip[1], msg, query_seen=False, count=False)
         except DecodeError:
@@ -390,7 +393,7 @@ class Detector:
             if self._no_anchor(wire):
                 continue
             try:
-                self._dns_message(ts, src, sport, dst, dport, IPProto.TCP, dnsp.parse_message(wire), vlans)
+                self._dns_message(ts, src, sport, dst, dport, IPProto.TCP, self._parse_dns(wire), vlans)
             except DecodeError as exc:
                 self.stats.undecodable[exc.reason] += 1
         return len(data) >= self.flows.max_stream
@@ -443,7 +446,24 @@ class Detector:
     def _dns(self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...]) -> None:
         if self._no_anchor(payload):
             return
-        self._dns_message(ts, src, sport, dst, dport, proto, dnsp.parse_message(payload), vlans)
+        self._dns_message(ts, src, sport, dst, dport, proto, self._parse_dns(payload), vlans)
+
+    def _parse_dns(self, wire: bytes) -> dnsp.DnsMessage:
+        """dnspython parses each distinct message once: the same question (or the same
+        answer) from many clients differs only in the 16-bit id, so the rest of the wire
+        bytes key a small cache of parsed messages."""
+        if len(wire) < 12:
+            return dnsp.parse_message(wire)  # raises the right DecodeError
+        cache = self._dns_cache
+        body = wire[2:]
+        msg = cache.get(body)
+        if msg is None:
+            msg = dnsp.parse_message(wire)
+            cache[body] = msg
+            if len(cache) > MAX_DNS_CACHE:
+                del cache[next(iter(cache))]
+            return msg
+        return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
 
     def _no_anchor(self, wire: bytes) -> bool:
         """True when a DNS message cannot name anything we match (cheap byte search before
