@@ -352,7 +352,11 @@ class Detector:
                 s.mode = "tls"
             elif httpp.looks_like_http(data):
                 s.mode = "http"
-            elif self.cert_names and tlsp.looks_like_server_hello(data):
+            elif self.cert_names and tlsp.looks_like_server_hello(data) and not (
+                waiting and any(kind == "tls" for _key, kind, _ctx in waiting)
+            ):
+                # The certificate's names (TLS 1.2): only when the client's SNI did not
+                # already name the flow, so the X.509 parse stays off the common path.
                 s.mode = "tls-server"
             elif len(data) < 12 and _could_grow_into_known(bytes(data)):
                 return False
