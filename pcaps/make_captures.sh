@@ -47,6 +47,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lab.sh
+source "$HERE/lab.sh"       # log, die, bg_ns, cap_start, teardown_lab, the EXIT trap, ...
 PY=${PYTHON:-/usr/bin/python3}
 
 NS_C=kdt-client
@@ -54,144 +56,17 @@ NS_C2=kdt-client2
 NS_S=kdt-server
 NS_L=kdt-lan
 ALL_NS="$NS_C $NS_C2 $NS_S $NS_L"
+LAB_RMDIR_ETC_NETNS=1   # /etc/netns itself goes too when it is left empty
+NOOFFLOAD_VLAN=1        # nooffload: VLAN tag offloads off too (802.1Q/802.1ad trunk)
 
-PIDS=()          # every background process we start (killed by PID on exit)
-LASTPID=
-WORK=
+lab_require ip ethtool tcpdump tshark dumpcap capinfos dnsmasq nginx tinyproxy dig getent curl openssl chromium gzip timeout setsid "$PY"
+lab_begin kdt-captures
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash $0"
-for t in ip ethtool tcpdump tshark dumpcap capinfos dnsmasq nginx tinyproxy dig getent curl openssl chromium gzip timeout setsid "$PY"; do
-    command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (see header for packages)"
-done
-
-# ---------------------------------------------------------------------------
-# cleanup (also used at start to remove leftovers of an earlier run)
-# ---------------------------------------------------------------------------
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
-
-teardown_lab() {
-    local ns p
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            # processes still living in our own namespaces (e.g. from an
-            # interrupted earlier run): end them by PID
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill -TERM "$p" 2>/dev/null || true
-            done
-        fi
-    done
-    sleep 0.3
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill -KILL "$p" 2>/dev/null || true
-            done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-        rm -rf "/etc/netns/$ns"
-    done
-    rmdir /etc/netns 2>/dev/null || true     # only if empty
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM HUP
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    teardown_lab
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    if [ "$rc" -ne 0 ]; then log "FAILED (exit $rc)"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-teardown_lab
-
-WORK=$(mktemp -d /tmp/kdt-captures.XXXXXX)
 chmod 755 "$WORK"
 OUT=$WORK/out
 mkdir -p "$OUT/linktypes" "$OUT/damaged/gzip"
 CLOG=$WORK/clients.log
 : >"$CLOG"
-log "work directory: $WORK"
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# run a client command in a namespace, log its output, fail on error
-client() {
-    local ns=$1; shift
-    printf '\n### [%s] %s\n' "$ns" "$*" >>"$CLOG"
-    ip netns exec "$ns" timeout -k 3 30 "$@" >>"$CLOG" 2>&1 \
-        || die "client command failed in $ns: $* (see $CLOG)"
-}
-
-# start a long-running process in a namespace; PID in LASTPID
-bg_ns() {
-    local ns=$1 logf=$2; shift 2
-    ip netns exec "$ns" "$@" >"$logf" 2>&1 &
-    LASTPID=$!
-    PIDS+=("$LASTPID")
-}
-
-stop_pid() {
-    local p=$1 sig=${2:-TERM} i
-    kill "-$sig" "$p" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-
-wait_for() {   # wait_for <seconds> <command...>
-    local s=$1 i; shift
-    for i in $(seq $((s * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-CAP_PID=
-cap_start() {  # cap_start <ns> <iface> <outfile> [extra tcpdump args...]
-    local ns=$1 ifc=$2 out=$3; shift 3
-    local lf="$WORK/tcpdump.$(basename "$out").log"
-    bg_ns "$ns" "$lf" tcpdump -n -U -Z root -i "$ifc" "$@" -w "$out"
-    CAP_PID=$LASTPID
-    wait_for 10 grep -q 'listening on' "$lf" || die "tcpdump did not start ($lf)"
-    sleep 0.2
-}
-cap_stop() {   # cap_stop [pid]
-    local p=${1:-$CAP_PID}
-    sleep 0.8            # let the last FIN/ACKs through
-    stop_pid "$p" INT
-}
-
-nooffload() {  # nooffload <ns> <iface>: segments/checksums as on a real Ethernet
-    inns "$1" ethtool -K "$2" tso off gso off gro off tx off rx off >/dev/null 2>&1 \
-        || inns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-    inns "$1" ethtool -K "$2" txvlan off rxvlan off >/dev/null 2>&1 || true
-}
 
 # ---------------------------------------------------------------------------
 # helper files (all generated here)
@@ -982,23 +857,13 @@ while read -r a; do DNS_ARGS+=("$a"); done < <("$PY" "$WORK/kdt_tools.py" chain)
 # namespaces and links
 # ---------------------------------------------------------------------------
 log "creating namespaces $ALL_NS"
-for ns in $NS_C $NS_C2 $NS_S; do
-    mkdir -p "/etc/netns/$ns"
-    printf 'nameserver %s\noptions timeout:2 attempts:2\n' "$SRV4" >"/etc/netns/$ns/resolv.conf"
-    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"/etc/netns/$ns/hosts"
-done
+ns_etc "$SRV4" $NS_C $NS_C2 $NS_S
 # the server namespace (tinyproxy's upstream look-ups) resolves every name to itself
 for n in $K_NAMES $L_NAMES ksn-url-geo.kaspersky-labs.com cm.k.kaspersky-labs.com; do
     printf '%s\t%s\n' "$SRV4" "$n" >>"/etc/netns/$NS_S/hosts"
 done
 
-for ns in $ALL_NS; do
-    ip netns add "$ns"
-    inns "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-        net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
-        net.ipv6.conf.all.router_solicitations=0 net.ipv6.conf.default.router_solicitations=0 >/dev/null
-    ip -n "$ns" link set lo up
-done
+ns_add $ALL_NS
 inns $NS_L sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
 
 mkveth() {  # mkveth <ns> <if> <mac> <lan-if> <lan-mac>
@@ -1053,9 +918,7 @@ nooffload $NS_S kdt-tun
 # servers
 # ---------------------------------------------------------------------------
 log "starting servers (dnsmasq, nginx, openssl s_server, tinyproxy)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=kdt-test-server.invalid" -addext "subjectAltName=DNS:kdt-test-server.invalid" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >>"$CLOG" 2>&1
+selfsigned "$WORK/key.pem" "$WORK/cert.pem" kdt-test-server.invalid >>"$CLOG" 2>&1
 
 mkdir -p "$WORK/nginx/tmp" "$WORK/tinyproxy"
 chmod 777 "$WORK/tinyproxy"
@@ -1177,25 +1040,13 @@ cap_stop
 # ---------------------------------------------------------------------------
 log "capture: tls-split-chromium.pcap (headless Chromium)"
 CH=$WORK/chromium
-mkdir -p "$CH/home" "$CH/profile"
 cap_start $NS_C veth-c "$OUT/tls-split-chromium.pcap"
 CH_CAP=$CAP_PID
 cap_start $NS_C any "$WORK/chromium-guard.pcap"        # everything Chromium sends, any interface
 CH_GUARD=$CAP_PID
-ip netns exec $NS_C setsid env HOME="$CH/home" XDG_CONFIG_HOME="$CH/home/.config" XDG_CACHE_HOME="$CH/home/.cache" \
-    timeout -k 5 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --no-default-browser-check \
-    --disable-background-networking --disable-component-update --disable-sync --disable-quic \
-    --disable-default-apps --disable-extensions --disable-breakpad --disable-domain-reliability \
-    --disable-client-side-phishing-detection --no-pings --password-store=basic \
+run_chromium $NS_C "$CH" https://ksn-url-geo.kaspersky-labs.com/ --disable-quic \
     --disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater \
-    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE ksn-url-geo.kaspersky-labs.com' \
-    --user-data-dir="$CH/profile" --ignore-certificate-errors \
-    --dump-dom https://ksn-url-geo.kaspersky-labs.com/ >"$CH/dom.html" 2>"$CH/chromium.log" &
-CH_PID=$!
-PIDS+=("$CH_PID")
-CH_RC=0
-wait "$CH_PID" || CH_RC=$?
-kill -KILL -- "-$CH_PID" 2>/dev/null || true      # any helper left in its process group
+    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE ksn-url-geo.kaspersky-labs.com' --ignore-certificate-errors
 cap_stop "$CH_GUARD"
 cap_stop "$CH_CAP"
 [ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"

@@ -40,6 +40,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lab.sh
+source "$HERE/../lab.sh"    # log, die, bg_ns, cap_start, teardown_lab, the EXIT trap, ...
 DEST=${DEST:-$HERE}
 PY=${PYTHON:-/usr/bin/python3}
 
@@ -49,110 +51,17 @@ ALL_NS="$NS_C $NS_S"
 SRV4=198.18.0.1
 C1=198.18.0.10
 
-PIDS=()
-LASTPID=
-WORK=
+CAP_OPTS=(--immediate-mode)     # tcpdump hands each packet over at once
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash $0"
-for t in ip ethtool tcpdump tshark dnsmasq dig openssl timeout "$PY"; do
-    command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (see header for packages)"
-done
-
-# ---------------------------------------------------------------------------
+lab_require ip ethtool tcpdump tshark dnsmasq dig openssl timeout "$PY"
 # cleanup: our processes by PID, then our own namespaces (kdh-*) only
-# ---------------------------------------------------------------------------
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
+lab_begin kdh-capture
 
-teardown_lab() {
-    local ns p
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-        fi
-    done
-    sleep 0.2
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-    done
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM HUP
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.2
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    teardown_lab
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    if [ "$rc" -ne 0 ]; then log "FAILED (exit $rc)"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-teardown_lab
-
-WORK=$(mktemp -d /tmp/kdh-capture.XXXXXX)
 chmod 755 "$WORK"
 OUT=$WORK/out
 mkdir -p "$OUT"
 CLOG=$WORK/clients.log
 : >"$CLOG"
-log "work directory: $WORK"
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-bg_ns() {       # bg_ns <ns> <logfile> <cmd...>: start in the background, PID in LASTPID
-    local ns=$1 logf=$2; shift 2
-    ip netns exec "$ns" "$@" >"$logf" 2>&1 &
-    LASTPID=$!
-    PIDS+=("$LASTPID")
-}
-
-stop_pid() {
-    local p=$1 sig=${2:-TERM} i
-    kill "-$sig" "$p" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-
-wait_for() {    # wait_for <seconds> <command...>
-    local s=$1 i; shift
-    for i in $(seq $((s * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-nooffload() {   # nooffload <ns> <iface>: segments and checksums as on a real Ethernet
-    inns "$1" ethtool -K "$2" tso off gso off gro off tx off rx off >/dev/null 2>&1 \
-        || inns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-}
 
 # ---------------------------------------------------------------------------
 # helper program (stdlib only): the name table, the clients, the tshark check and
@@ -380,9 +289,7 @@ ip -n $NS_C link set veth-c up
 ip -n $NS_S link set veth-s up
 
 log "starting servers (dnsmasq, openssl s_server)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=kdh-test-server.invalid" -addext "subjectAltName=DNS:kdh-test-server.invalid" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >>"$CLOG" 2>&1
+selfsigned "$WORK/key.pem" "$WORK/cert.pem" kdh-test-server.invalid >>"$CLOG" 2>&1
 bg_ns $NS_S "$WORK/dnsmasq.out" dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll \
     --user=root --group=root --pid-file="$WORK/dnsmasq.pid" --log-queries --log-facility="$WORK/dnsmasq.log" \
     --listen-address=$SRV4 --bind-interfaces --local-ttl=300 --address=/kaspersky.com/$SRV4
@@ -400,13 +307,9 @@ inns $NS_C dig +short +tries=1 +time=2 @$SRV4 kdh-test-server.invalid >>"$CLOG" 
 # the capture
 # ---------------------------------------------------------------------------
 log "capture: hostile.pcap (dig, openssl s_client)"
-bg_ns $NS_S "$WORK/tcpdump.log" tcpdump -n -U --immediate-mode -Z root -i veth-s -w "$OUT/hostile.pcap"
-CAP_PID=$LASTPID
-wait_for 10 grep -q 'listening on' "$WORK/tcpdump.log" || die "tcpdump did not start"
-sleep 0.2
+cap_start $NS_S veth-s "$OUT/hostile.pcap"
 "$PY" "$WORK/kdh.py" clients "$CLOG" "$WORK/rows.json" || die "a client failed (see $CLOG)"
-sleep 0.8            # let the last FIN/ACKs through
-stop_pid "$CAP_PID" INT
+cap_stop
 
 # ---------------------------------------------------------------------------
 # verify, write expected.json, install

@@ -49,6 +49,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lab.sh
+source "$HERE/../lab.sh"    # log, die, client, bg_ns, cap_start, teardown_lab, the EXIT trap, ...
 DEST=${DEST:-$HERE}
 PY=${PYTHON:-/usr/bin/python3}
 
@@ -67,69 +69,13 @@ C1V6=2001:db8::10
 C2=198.18.0.11
 C3=198.18.0.12
 
-PIDS=()
-LASTPID=
-WORK=
+CAP_OPTS=(--immediate-mode)     # tcpdump hands each packet over at once
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+lab_require ip ethtool tcpdump tshark dnsmasq nginx dig curl openssl chromium timeout setsid "$PY"
+# cleanup: processes by PID, then our own namespaces (kd4-*) only; /etc/netns itself is
+# left alone (other labs may use it concurrently)
+lab_begin kd4-captures
 
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash $0"
-for t in ip ethtool tcpdump tshark dnsmasq nginx dig curl openssl chromium timeout setsid "$PY"; do
-    command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (see header for packages)"
-done
-
-# ---------------------------------------------------------------------------
-# cleanup: processes by PID, then our own namespaces (kd4-*) only
-# ---------------------------------------------------------------------------
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
-
-teardown_lab() {
-    local ns p
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-        fi
-    done
-    sleep 0.3
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-        rm -rf "/etc/netns/$ns"
-    done
-    # /etc/netns itself is left alone (other labs may use it concurrently)
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM HUP
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    teardown_lab
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    if [ "$rc" -ne 0 ]; then log "FAILED (exit $rc)"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-teardown_lab
-
-WORK=$(mktemp -d /tmp/kd4-captures.XXXXXX)
 chmod 755 "$WORK"
 OUT=$WORK/out
 mkdir -p "$OUT"
@@ -137,73 +83,6 @@ CLOG=$WORK/clients.log
 TRUTH=$WORK/truth.tsv
 : >"$CLOG"
 : >"$TRUTH"
-log "work directory: $WORK"
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-client() {      # client <ns> <cmd...>: run, log, fail on error
-    local ns=$1; shift
-    printf '\n### [%s] %s\n' "$ns" "$*" >>"$CLOG"
-    ip netns exec "$ns" timeout -k 3 30 "$@" >>"$CLOG" 2>&1 \
-        || die "client command failed in $ns: $* (see $CLOG)"
-}
-
-client_rc() {   # client_rc <want-rc> <ns> <cmd...>: run, log, fail unless exit status is want-rc
-    local want=$1 ns=$2 rc=0; shift 2
-    printf '\n### [%s] (expect exit %s) %s\n' "$ns" "$want" "$*" >>"$CLOG"
-    ip netns exec "$ns" timeout -k 3 30 "$@" >>"$CLOG" 2>&1 || rc=$?
-    [ "$rc" -eq "$want" ] || die "client command in $ns exited $rc, not $want: $* (see $CLOG)"
-}
-
-bg_ns() {       # bg_ns <ns> <logfile> <cmd...>: start in the background, PID in LASTPID
-    local ns=$1 logf=$2; shift 2
-    ip netns exec "$ns" "$@" >"$logf" 2>&1 &
-    LASTPID=$!
-    PIDS+=("$LASTPID")
-}
-
-stop_pid() {
-    local p=$1 sig=${2:-TERM} i
-    kill "-$sig" "$p" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-
-wait_for() {    # wait_for <seconds> <command...>
-    local s=$1 i; shift
-    for i in $(seq $((s * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-CAP_PID=
-cap_start() {   # cap_start <ns> <iface> <outfile>
-    local ns=$1 ifc=$2 out=$3
-    local lf="$WORK/tcpdump.$(basename "$out").log"
-    bg_ns "$ns" "$lf" tcpdump -n -U --immediate-mode -Z root -i "$ifc" -w "$out"
-    CAP_PID=$LASTPID
-    wait_for 10 grep -q 'listening on' "$lf" || die "tcpdump did not start ($lf)"
-    sleep 0.2
-}
-cap_stop() {    # cap_stop [pid]
-    local p=${1:-$CAP_PID}
-    sleep 0.8            # let the last FIN/ACKs through
-    stop_pid "$p" INT
-}
-
-nooffload() {   # nooffload <ns> <iface>: segments and checksums as on a real Ethernet
-    inns "$1" ethtool -K "$2" tso off gso off gro off tx off rx off >/dev/null 2>&1 \
-        || inns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-}
 
 # truth <file> <client> <name> <kind> <strength>: one Kaspersky contact this script made
 # (kind = the evidence the contact carries; strength = weak: one side only, completed:
@@ -531,18 +410,8 @@ PY
 # namespaces and links
 # ---------------------------------------------------------------------------
 log "creating namespaces $ALL_NS"
-for ns in $NS_C $NS_C2 $NS_C3 $NS_S; do
-    mkdir -p "/etc/netns/$ns"
-    printf 'nameserver %s\noptions timeout:2 attempts:2\n' "$SRV4" >"/etc/netns/$ns/resolv.conf"
-    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"/etc/netns/$ns/hosts"
-done
-for ns in $ALL_NS; do
-    ip netns add "$ns"
-    inns "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-        net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
-        net.ipv6.conf.all.router_solicitations=0 net.ipv6.conf.default.router_solicitations=0 >/dev/null
-    ip -n "$ns" link set lo up
-done
+ns_etc "$SRV4" $NS_C $NS_C2 $NS_C3 $NS_S
+ns_add $ALL_NS
 inns $NS_L sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
 
 mkveth() {  # mkveth <ns> <if> <mac> <lan-if> <lan-mac>: created inside the namespaces
@@ -578,13 +447,10 @@ ip -n $NS_S  link set veth-s up
 # ---------------------------------------------------------------------------
 log "starting servers (dnsmasq, nginx, openssl s_server x4, python TCP server)"
 # the lab's ordinary server certificate names no Kaspersky host
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=kd4-test-server.invalid" -addext "subjectAltName=DNS:kd4-test-server.invalid" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >>"$CLOG" 2>&1
+selfsigned "$WORK/key.pem" "$WORK/cert.pem" kd4-test-server.invalid >>"$CLOG" 2>&1
 # tls12-cert.pcap: a certificate that names a Kaspersky update server (and www.example.org)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=s05.upd.kaspersky.com" -addext "subjectAltName=DNS:s05.upd.kaspersky.com,DNS:www.example.org" \
-    -keyout "$WORK/kkey.pem" -out "$WORK/kcert.pem" >>"$CLOG" 2>&1
+selfsigned "$WORK/kkey.pem" "$WORK/kcert.pem" s05.upd.kaspersky.com \
+    DNS:s05.upd.kaspersky.com,DNS:www.example.org >>"$CLOG" 2>&1
 
 mkdir -p "$WORK/nginx/tmp"
 cat >"$WORK/nginx.conf" <<EOF
@@ -762,25 +628,13 @@ cp "$WORK/dnsmasq.log" "$WORK/dnsmasq-dns-strength.log"
 log "capture: ech-grease.pcap (headless Chromium)"
 F=ech-grease.pcap
 CH=$WORK/chromium
-mkdir -p "$CH/home" "$CH/profile"
 cap_start $NS_S veth-s "$OUT/$F"
 CH_CAP=$CAP_PID
 cap_start $NS_C any "$WORK/chromium-guard.pcap"        # everything Chromium sends, any interface
 CH_GUARD=$CAP_PID
-ip netns exec $NS_C setsid env HOME="$CH/home" XDG_CONFIG_HOME="$CH/home/.config" XDG_CACHE_HOME="$CH/home/.cache" \
-    timeout -k 5 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --no-default-browser-check \
-    --disable-background-networking --disable-component-update --disable-sync --disable-quic \
-    --disable-default-apps --disable-extensions --disable-breakpad --disable-domain-reliability \
-    --disable-client-side-phishing-detection --no-pings --password-store=basic \
+run_chromium $NS_C "$CH" https://dc1.ksn.kaspersky-labs.com/ --disable-quic \
     --disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater \
-    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE dc1.ksn.kaspersky-labs.com' \
-    --user-data-dir="$CH/profile" --ignore-certificate-errors \
-    --dump-dom https://dc1.ksn.kaspersky-labs.com/ >"$CH/dom.html" 2>"$CH/chromium.log" &
-CH_PID=$!
-PIDS+=("$CH_PID")
-CH_RC=0
-wait "$CH_PID" || CH_RC=$?
-kill -KILL -- "-$CH_PID" 2>/dev/null || true      # any helper left in its process group
+    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE dc1.ksn.kaspersky-labs.com' --ignore-certificate-errors
 cap_stop "$CH_GUARD"
 cap_stop "$CH_CAP"
 [ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"

@@ -39,6 +39,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lab.sh
+source "$HERE/../lab.sh"    # log, die, bg_ns, cap_start, teardown_lab, the EXIT trap, ...
 DEST=${DEST:-$HERE}
 QUICVENV=${QUICVENV:-/tmp/quicvenv}
 PY=${PYTHON:-python3}
@@ -48,68 +50,13 @@ NS_S=kdq-server
 ALL_NS="$NS_C $NS_S"
 SRV=198.18.0.1
 CLI=198.18.0.10
+CAP_DRAIN=1.0           # cap_stop: let the last packets (CONNECTION_CLOSE, ACKs) through
 
-PIDS=()
-LASTPID=
-WORK=
+lab_require ip ethtool tcpdump tshark capinfos openssl chromium timeout setsid "$PY"
+lab_begin kdq-captures  # also removes the leftovers of an interrupted earlier run
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash $0"
-for t in ip ethtool tcpdump tshark capinfos openssl chromium timeout setsid "$PY"; do
-    command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (see header for packages)"
-done
-
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
-
-teardown_lab() {
-    local ns p
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-        fi
-    done
-    sleep 0.3
-    for ns in $ALL_NS; do
-        if ns_exists "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-    done
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM HUP
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    teardown_lab
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    if [ "$rc" -ne 0 ]; then log "FAILED (exit $rc)"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-teardown_lab    # leftovers of an interrupted earlier run
-
-WORK=$(mktemp -d /tmp/kdq-captures.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/out"
-log "work directory: $WORK"
 
 # ---------------------------------------------------------------------------
 # aioquic in a throw-away venv
@@ -122,50 +69,8 @@ fi
 QPY=$QUICVENV/bin/python
 log "aioquic $("$QPY" -c 'import aioquic; print(aioquic.__version__)')"
 
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-bg_ns() {   # bg_ns <ns> <logfile> <command...>; PID in LASTPID
-    local ns=$1 logf=$2; shift 2
-    ip netns exec "$ns" "$@" >"$logf" 2>&1 &
-    LASTPID=$!
-    PIDS+=("$LASTPID")
-}
-
-stop_pid() {
-    local p=$1 sig=${2:-TERM} i
-    kill "-$sig" "$p" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-
-wait_for() {   # wait_for <seconds> <command...>
-    local s=$1 i; shift
-    for i in $(seq $((s * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-CAP_PID=
-cap_start() {  # cap_start <outfile>: tcpdump on the server side of the link
-    local out=$1
-    local lf="$WORK/tcpdump.$(basename "$out").log"
-    bg_ns $NS_S "$lf" tcpdump -n -U -Z root -i veth-qs -w "$out" udp
-    CAP_PID=$LASTPID
-    wait_for 10 grep -q 'listening on' "$lf" || die "tcpdump did not start ($lf)"
-    sleep 0.2
-}
-cap_stop() {
-    sleep 1.0      # let the last packets (CONNECTION_CLOSE, ACKs) through
-    stop_pid "$CAP_PID" INT
+quic_cap_start() {  # quic_cap_start <outfile>: UDP only, on the server side of the link
+    cap_start $NS_S veth-qs "$1" udp
 }
 
 # ---------------------------------------------------------------------------
@@ -181,16 +86,13 @@ for pair in "$NS_C veth-qc" "$NS_S veth-qs"; do
     set -- $pair
     inns "$1" ip link set lo up
     inns "$1" ip link set "$2" up mtu 1500
-    inns "$1" ethtool -K "$2" tso off gso off gro off tx off rx off >/dev/null 2>&1 \
-        || inns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
+    nooffload "$1" "$2"
 done
 link_up() { ip -n "$1" link show "$2" | grep -q 'state UP'; }
 wait_for 10 link_up $NS_C veth-qc || die "veth-qc did not come up"
 wait_for 10 link_up $NS_S veth-qs || die "veth-qs did not come up"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=kdq-test-server.invalid" -addext "subjectAltName=DNS:kdq-test-server.invalid" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >"$WORK/openssl.log" 2>&1
+selfsigned "$WORK/key.pem" "$WORK/cert.pem" kdq-test-server.invalid >"$WORK/openssl.log" 2>&1
 # Chromium's QUIC stack does not honour --ignore-certificate-errors alone: it also
 # needs the certificate's SPKI hash in --ignore-certificate-errors-spki-list.
 SPKI=$(openssl x509 -in "$WORK/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der \
@@ -323,7 +225,7 @@ for v in 1 2; do
     f=aioquic.pcap
     [ "$v" = 2 ] && f=aioquic-v2.pcap
     log "capture: $f (aioquic client, QUIC v$v)"
-    cap_start "$WORK/out/$f"
+    quic_cap_start "$WORK/out/$f"
     inns $NS_C timeout -k 3 30 "$QPY" "$WORK/h3client.py" $URL_AIOQUIC $SRV $v >"$WORK/client-v$v.log" 2>&1 \
         || die "aioquic client failed (see $WORK/client-v$v.log)"
     cap_stop
@@ -332,23 +234,11 @@ done
 
 log "capture: chromium.pcap (headless Chromium, QUIC forced)"
 CH=$WORK/chromium
-mkdir -p "$CH/home" "$CH/profile"
-cap_start "$WORK/out/chromium.pcap"
-ip netns exec $NS_C setsid env HOME="$CH/home" XDG_CONFIG_HOME="$CH/home/.config" XDG_CACHE_HOME="$CH/home/.cache" \
-    timeout -k 5 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --no-default-browser-check \
-    --disable-background-networking --disable-component-update --disable-sync \
-    --disable-default-apps --disable-extensions --disable-breakpad --disable-domain-reliability \
-    --disable-client-side-phishing-detection --no-pings --password-store=basic \
-    --user-data-dir="$CH/profile" \
+quic_cap_start "$WORK/out/chromium.pcap"
+run_chromium $NS_C "$CH" https://ksn-url-geo.kaspersky-labs.com/ \
     --enable-quic --origin-to-force-quic-on=ksn-url-geo.kaspersky-labs.com:443 \
     --ignore-certificate-errors --ignore-certificate-errors-spki-list="$SPKI" \
-    --host-resolver-rules="MAP * $SRV" \
-    --dump-dom https://ksn-url-geo.kaspersky-labs.com/ >"$CH/dom.html" 2>"$CH/chromium.log" &
-CH_PID=$!
-PIDS+=("$CH_PID")
-CH_RC=0
-wait "$CH_PID" || CH_RC=$?
-kill -KILL -- "-$CH_PID" 2>/dev/null || true      # any helper left in its process group
+    --host-resolver-rules="MAP * $SRV"
 cap_stop
 [ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"
 grep -q 'kdq test server' "$CH/dom.html" || die "chromium did not get the page (see $CH/chromium.log)"

@@ -57,6 +57,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lab.sh
+source "$HERE/../lab.sh"    # log, die, bg_ns, cap_start, teardown_lab, the EXIT trap, ...
 PY=${PYTHON:-/usr/bin/python3}
 DEST=${DEST:-$HERE}
 
@@ -64,120 +66,15 @@ NS_C=kdtun-client
 NS_S=kdtun-server
 ALL_NS="$NS_C $NS_S"
 PROBE_NS=kdtun-probe
+LAB_EXTRA_NS=$PROBE_NS  # torn down as well
 
-PIDS=()          # every background process we start (killed by PID on exit)
-LASTPID=
-WORK=
+lab_require ip ethtool tcpdump tshark dnsmasq dig curl openssl timeout ss "$PY"
+lab_begin kdt-tunnels   # also removes the leftovers of an interrupted earlier run
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash $0"
-for t in ip ethtool tcpdump tshark dnsmasq dig curl openssl timeout ss "$PY"; do
-    command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (see header for packages)"
-done
-
-ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
-
-teardown_lab() {
-    local ns p
-    for ns in $ALL_NS $PROBE_NS; do
-        ns_exists "$ns" || continue
-        # processes still living in our own namespaces (an interrupted earlier
-        # run): end them by PID
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-    done
-    sleep 0.3
-    for ns in $ALL_NS $PROBE_NS; do
-        ns_exists "$ns" || continue
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-}
-
-cleanup() {
-    local rc=$? p
-    set +e
-    trap - EXIT INT TERM HUP
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    teardown_lab
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    [ "$rc" -eq 0 ] || log "FAILED (exit $rc)"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
-
-teardown_lab
-WORK=$(mktemp -d /tmp/kdt-tunnels.XXXXXX)
 OUT=$WORK/out
 mkdir -p "$OUT"
 CLOG=$WORK/clients.log
 : >"$CLOG"
-log "work directory: $WORK"
-
-inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-client() {  # client <command...>: run in the client namespace, log, fail on error
-    printf '\n### %s\n' "$*" >>"$CLOG"
-    ip netns exec $NS_C timeout -k 3 30 "$@" >>"$CLOG" 2>&1 || die "client command failed: $* (see $CLOG)"
-}
-
-bg_ns() {   # bg_ns <ns> <logfile> <command...>; PID in LASTPID
-    local ns=$1 logf=$2; shift 2
-    ip netns exec "$ns" "$@" >"$logf" 2>&1 &
-    LASTPID=$!
-    PIDS+=("$LASTPID")
-}
-
-stop_pid() {
-    local p=$1 sig=${2:-TERM} i
-    kill "-$sig" "$p" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
-
-wait_for() {   # wait_for <seconds> <command...>
-    local s=$1 i; shift
-    for i in $(seq $((s * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-CAP_PID=
-cap_start() {  # cap_start <ns> <iface> <outfile>
-    local lf="$WORK/tcpdump.$(basename "$3").log"
-    bg_ns "$1" "$lf" tcpdump -n -U -Z root -i "$2" -w "$3"
-    CAP_PID=$LASTPID
-    wait_for 10 grep -q 'listening on' "$lf" || die "tcpdump did not start ($lf)"
-    sleep 0.2
-}
-cap_stop() {
-    sleep 0.8            # let the last FIN/ACKs through
-    stop_pid "$CAP_PID" INT
-}
-
-nooffload() {  # segments and checksums as on a real Ethernet
-    inns "$1" ethtool -K "$2" tso off gso off gro off tx off rx off >/dev/null 2>&1 \
-        || inns "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-}
 
 # ---------------------------------------------------------------------------
 # which tunnel devices does this kernel have?
@@ -207,13 +104,7 @@ ip netns del $PROBE_NS
 # ---------------------------------------------------------------------------
 # lab
 # ---------------------------------------------------------------------------
-for ns in $ALL_NS; do
-    ip netns add "$ns"
-    inns "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-        net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
-        net.ipv6.conf.all.router_solicitations=0 net.ipv6.conf.default.router_solicitations=0 >/dev/null
-    ip -n "$ns" link set lo up
-done
+ns_add $ALL_NS
 
 # underlay: IPv4 only, MTU 1600 so that 1514-byte inner frames + 50 bytes of VXLAN fit
 ip link add ul-c netns $NS_C address 02:00:c6:12:c8:01 mtu 1600 type veth \
@@ -255,9 +146,7 @@ ip -n $NS_S addr add 2001:db8:202::1/64 dev pl-s nodad
 # servers
 # ---------------------------------------------------------------------------
 log "starting dnsmasq and openssl s_server"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-    -subj "/CN=kdt-test-server.invalid" -addext "subjectAltName=DNS:kdt-test-server.invalid" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >>"$CLOG" 2>&1
+selfsigned "$WORK/key.pem" "$WORK/cert.pem" kdt-test-server.invalid >>"$CLOG" 2>&1
 bg_ns $NS_S "$WORK/dnsmasq.out" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
     --no-poll --user=root --group=root --pid-file="$WORK/dnsmasq.pid" --log-queries \
     --log-facility="$WORK/dnsmasq.log" --bind-interfaces \
@@ -274,11 +163,11 @@ servers_up() {
 wait_for 10 servers_up || die "servers did not start: $(inns $NS_S ss -Hlntu | tr '\n' ' ')"
 
 run_clients() {  # run_clients <server v4> <server v6>
-    client dig +tries=1 +time=3 @"$1" s05.upd.kaspersky.com A
-    client dig +tries=1 +time=3 @"$2" s05.upd.kaspersky.com AAAA
-    client curl -sS -k --max-time 10 -o /dev/null \
+    client $NS_C dig +tries=1 +time=3 @"$1" s05.upd.kaspersky.com A
+    client $NS_C dig +tries=1 +time=3 @"$2" s05.upd.kaspersky.com AAAA
+    client $NS_C curl -sS -k --max-time 10 -o /dev/null \
         --resolve "activation-v2.kaspersky.com:443:$1" https://activation-v2.kaspersky.com/
-    client curl -sS -k --max-time 10 -o /dev/null \
+    client $NS_C curl -sS -k --max-time 10 -o /dev/null \
         --resolve "activation-v2.kaspersky.com:443:[$2]" https://activation-v2.kaspersky.com/
 }
 
