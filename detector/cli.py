@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
+    from . import live  # the span-port mode: capture, workers, reload, stats, metrics
+
+    live.add_parser(sub)
+
     s = sub.add_parser("signatures", help="check or list signature packs")
     ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")
     ssub.required = True

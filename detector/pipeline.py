@@ -19,7 +19,7 @@ from typing import Any
 from .aggregate import Aggregator, Key, Upgrade, key_of
 from .correlate import Awaiting, LearnedNames
 from .decode import transport, tunnel
-from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
+from .decode.flows import ACK, DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
 from .errors import DecodeError
@@ -120,6 +120,11 @@ class Detector:
         self._source: str | None = None
         self._out: list[Alert] = []
         self.reset_state()
+
+    def set_signatures(self, signatures: SignatureSet) -> None:
+        """Swap in a new signature set between two packets (live reload)."""
+        self.signatures = signatures
+        self.matcher = Matcher(signatures)
 
     def reset_state(self) -> None:
         """Forget per-connection state (streams, fragments, DNS transactions, learned
@@ -295,6 +300,11 @@ class Detector:
         key: FlowKey = (src, sport, dst, dport)
         flows = self.flows
         entry = flows.get(key)
+        if entry is DONE and flags & (SYN | ACK) == SYN:
+            entry = False  # a new connection reusing the ports of a decided one
+            flows.remove(key)
+            if self._rk is not None:
+                self._done_raw.pop(self._rk, None)
         if entry is DONE:
             if flags & (FIN | RST):
                 flows.remove(key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 DONE = None  # sentinel value for a decided stream (kept so later packets are skipped)
-SYN, FIN, RST = 0x02, 0x01, 0x04
+SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 MAX_PENDING = 64  # out-of-order segments held per stream
 WINDOW = 1 << 20  # accept segments at most this far ahead of the stream start
 

@@ -1,0 +1,600 @@
+"""Live capture from network interfaces (a span port, a tap), for ``detector live``.
+
+Each interface is read through two libpcap handles, like the replay fast path
+(``capture/fast.py``), but with the BPF filters in the kernel:
+
+- the **heads** handle takes plain IPv4 TCP (no fragment, not port 53, no SYN/FIN/RST
+  flag) and the pcapy-ng C classifier (``loop_filtered`` with ``flow_cutoff``) hands
+  Python only the first ``flow_head`` packets of each direction of each flow: handshakes,
+  ClientHellos (also when split over several segments), request heads.  The bulk after
+  them never becomes a Python object.
+- the **whole** handle takes everything else the pipeline can use, every packet: DNS
+  (port 53), TCP packets with SYN, FIN or RST (so the flow table sees connections open and
+  close, also after the head), QUIC long-header packets on UDP 443 (Initials), Kaspersky
+  Security Center UDP ports, IPv4 fragments, tunnels (VXLAN, GENEVE, GRE), and all IPv6
+  (the C classifier is IPv4-only, so IPv6 takes the exact path and no IPv6 detection is
+  lost).  Kaspersky Security Center TCP ports are plain TCP and are covered by the heads.
+
+The two filters are disjoint, so every packet reaches Python at most once.
+
+With ``workers > 1`` every worker has its own pair of handles per interface, joined to two
+``PACKET_FANOUT`` groups (hash) per interface: the kernel spreads the flows over the
+workers, a flow (both directions, its SYN/FIN in the whole handle and its data in the
+heads handle) always reaching the same worker.
+
+The handles are opened by the controller process while it still has the privileges
+(``CAP_NET_RAW``); worker processes inherit them through ``fork``.  A worker runs:
+
+- one thread per heads handle, blocked in ``loop_filtered`` (libpcap cannot be woken
+  without a packet, so it gets a thread of its own); its callback feeds the Detector;
+- its main thread, which waits (``select``) on the whole handles (non-blocking) and on the
+  control pipe, feeds whole packets, ships matches and counters to the controller, and
+  swaps in new signatures on a reload.
+
+Both feed one Detector under one lock.  While the heads threads are busy, whole packets are
+queued (bounded) and fed by the heads callbacks, so neither thread starves the other for
+the GIL; when the heads are idle the main thread feeds them itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import pwd
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DetectorError
+from .fast import LINKS
+
+try:
+    import pcapy
+except ImportError:  # pragma: no cover - pcapy-ng is a dependency
+    pcapy = None
+
+# Kaspersky Security Center ports (kaspersky-endpoints.md §3).  TCP ports are plain TCP:
+# the heads handle passes every IPv4 TCP flow, so they need no rule of their own.
+KSC_TCP_PORTS = (13000, 13291, 13292, 13295, 13299, 13111, 14000, 17111, 8060, 8061)
+KSC_TCP_RANGES = ((23100, 23199), (23700, 23799), (27200, 27299), (29200, 29299))
+KSC_UDP_PORTS = (13000, 15000, 15001, 15111)
+TUNNEL_UDP_PORTS = (4789, 6081)  # VXLAN, GENEVE (GRE is IP protocol 47)
+QUIC_PORT = 443
+
+DEFAULT_SNAPLEN = 65535
+DEFAULT_BUFFER = 32 << 20  # bytes of kernel ring per handle
+TIMEOUT_MS = 100  # TPACKET_V3 block timeout: a packet reaches Python within this
+FLOW_HEAD_CLASS = 1  # pcapy-ng generic class "within the first flow_cutoff packets"
+ADMIT_HEADS = 1 << FLOW_HEAD_CLASS
+CHUNK = 1 << 16  # packets per classifier call: its flow table starts afresh each call
+CHUNK_SECONDS = 60.0  # ... and at least this often, so a reused 5-tuple is seen anew
+BATCH = 512  # whole-handle packets per next_batch call
+MAX_BACKLOG = 50_000  # whole packets queued for the heads threads before they are dropped
+SHIP_SECONDS = 0.05  # how often a worker sends its matches to the controller
+STATS_SECONDS = 1.0  # how often a worker sends its counters
+
+# --- kernel-side filters ---------------------------------------------------------------
+# Plain IPv4 TCP that is not DNS, not a fragment and carries no SYN/FIN/RST: flow heads.
+HEADS = "ip and ip[6:2] & 0x3fff = 0 and tcp and not port 53 and tcp[13] & 0x07 = 0"
+
+
+def whole_filter(udp_ports: Iterable[int] = ()) -> str:
+    """The IPv4/IPv6 traffic passed whole (see the module docstring)."""
+    ports = sorted({*KSC_UDP_PORTS, *TUNNEL_UDP_PORTS, *udp_ports} - {53, QUIC_PORT})
+    udp = " or ".join(f"port {p}" for p in ports)
+    return (
+        "(ip and (ip[6:2] & 0x3fff != 0 or ip proto 47 or port 53"
+        " or (tcp and tcp[13] & 0x07 != 0)"
+        f" or (udp and ({udp} or (port {QUIC_PORT} and udp[8] & 0x80 = 0x80)))))"
+        " or ip6"
+    )
+
+
+def filters(ethernet: bool, udp_ports: Iterable[int] = ()) -> tuple[str, str]:
+    """(heads, whole) BPF for one interface.  On Ethernet each also matches frames that
+    still carry a VLAN tag inline (QinQ, or no VLAN offload); ``vlan`` comes last, where
+    its offset shift is meant."""
+    w = whole_filter(udp_ports)
+    if not ethernet:
+        return HEADS, w
+    return f"({HEADS}) or (vlan and ({HEADS}))", f"({w}) or (vlan and ({w}))"
+
+
+def signature_udp_ports(signatures: Iterable[Any]) -> tuple[int, ...]:
+    """UDP ports named by port signatures (``match.ports: [udp/N]``), when the loaded
+    signature model has them: they are passed whole so the pipeline sees every packet."""
+    out: set[int] = set()
+    for sig in signatures:
+        for proto, lo, hi in getattr(sig, "ports", ()) or ():
+            if proto == "udp":
+                out.update(range(lo, hi + 1))
+    return tuple(sorted(out))
+
+
+# --- errors ----------------------------------------------------------------------------
+class LiveCaptureError(DetectorError):
+    """An interface cannot be captured (missing, no permission, libpcap refused)."""
+
+
+NEED_CAP = (
+    "capturing needs CAP_NET_RAW: run as root, under the systemd unit "
+    "(AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN), or give the interpreter the capability "
+    "with setcap cap_net_raw,cap_net_admin=eip (see the README)"
+)
+
+
+def check_permission() -> None:
+    """Fail early, with one clear line, when the process may not open a packet socket."""
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except PermissionError:
+        raise LiveCaptureError(NEED_CAP) from None
+    except OSError as exc:  # no AF_PACKET (not Linux)
+        raise LiveCaptureError(f"live capture needs Linux packet sockets: {exc.strerror or exc}") from None
+    s.close()
+
+
+def check_interface(name: str) -> None:
+    if name == "any":
+        return
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        have = ", ".join(n for _, n in socket.if_nameindex()) or "none"
+        raise LiveCaptureError(f"no such interface {name!r} (interfaces here: {have})") from None
+
+
+# --- handles -----------------------------------------------------------------------------
+@dataclass
+class Handle:
+    """One libpcap handle: ``role`` is "heads" or "whole"."""
+
+    iface: str
+    role: str
+    worker: int
+    cap: Any
+    linktype: int
+    l2_offset: int
+    bpf: str
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, kernel drops, interface drops) from the kernel, cumulative."""
+        recv, drop, ifdrop = self.cap.stats()
+        return int(recv), int(drop), int(ifdrop)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    interfaces: tuple[str, ...]
+    workers: int = 1
+    snaplen: int = DEFAULT_SNAPLEN
+    buffer_size: int = DEFAULT_BUFFER
+    promisc: bool = True
+    udp_ports: tuple[int, ...] = ()
+
+
+def _open_one(iface: str, opts: CaptureOptions) -> Any:
+    cap = pcapy.create(iface)
+    cap.set_snaplen(opts.snaplen)
+    cap.set_promisc(bool(opts.promisc))
+    cap.set_timeout(TIMEOUT_MS)
+    cap.set_buffer_size(opts.buffer_size)
+    try:
+        cap.activate()
+    except pcapy.PcapError as exc:
+        text = str(exc)
+        low = text.lower()
+        if "permission" in low or "not permitted" in low:
+            raise LiveCaptureError(f"{iface}: {NEED_CAP}") from None
+        if "no such device" in low:
+            raise LiveCaptureError(f"no such interface {iface!r}") from None
+        raise LiveCaptureError(f"{iface}: cannot capture: {text}") from None
+    return cap
+
+
+def fanout_group(base: int, iface_index: int, role: str) -> int:
+    """A 16-bit PACKET_FANOUT group id, distinct per interface and role."""
+    return (base + 2 * iface_index + (role == "whole")) & 0xFFFF
+
+
+def open_handles(opts: CaptureOptions, fanout_base: int | None = None) -> list[list[Handle]]:
+    """All handles, grouped per worker: ``[worker][...]``, heads and whole per interface.
+
+    The handles of worker k join the fanout groups k-th on every interface, so a flow's
+    heads and whole packets go to the same worker (the kernel's fanout hash is symmetric
+    and indexes the members in joining order)."""
+    if pcapy is None or not hasattr(pcapy, "create"):
+        raise LiveCaptureError("live capture needs pcapy-ng (pip install pcapy-ng)")
+    check_permission()
+    for iface in opts.interfaces:
+        check_interface(iface)
+    if fanout_base is None:
+        fanout_base = (os.getpid() * 8) & 0xFFFF
+    out: list[list[Handle]] = [[] for _ in range(opts.workers)]
+    for i, iface in enumerate(opts.interfaces):
+        for k in range(opts.workers):
+            for role in ("heads", "whole"):
+                cap = _open_one(iface, opts)
+                dlt = cap.datalink()
+                if dlt not in LINKS:
+                    raise LiveCaptureError(f"{iface}: link type {dlt} is not supported")
+                l2_offset, linktype = LINKS[dlt]
+                heads, whole = filters(dlt == 1, opts.udp_ports)
+                bpf = heads if role == "heads" else whole
+                try:
+                    cap.setfilter(bpf)
+                except pcapy.PcapError as exc:
+                    raise LiveCaptureError(f"{iface}: BPF filter refused: {exc}") from None
+                if opts.workers > 1:
+                    try:
+                        cap.set_fanout(fanout_group(fanout_base, i, role), pcapy.PACKET_FANOUT_HASH)
+                    except pcapy.PcapError as exc:
+                        raise LiveCaptureError(f"{iface}: PACKET_FANOUT: {exc}") from None
+                if role == "whole":
+                    cap.setnonblock(1)  # read after select(); libpcap's poll would block forever
+                out[k].append(Handle(iface, role, k, cap, linktype, l2_offset, bpf))
+    return out
+
+
+def refilter(handles: Iterable[Handle], udp_ports: Iterable[int]) -> int:
+    """Install a new whole filter (new UDP port signatures) on the whole handles; the
+    kernel filter lives on the socket, so this works from the controller after the
+    workers forked.  Returns how many handles changed."""
+    n = 0
+    ports = tuple(udp_ports)
+    for h in handles:
+        if h.role != "whole":
+            continue
+        new = filters(h.linktype == 1, ports)[1]
+        if new != h.bpf:
+            h.cap.setfilter(new)
+            h.bpf = new
+            n += 1
+    return n
+
+
+def interface_rx(iface: str) -> int | None:
+    """Packets the interface received (before any filter), from sysfs."""
+    try:
+        with open(f"/sys/class/net/{iface}/statistics/rx_packets") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+# --- privileges ----------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    return int(_libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0))
+
+
+def _clear_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets (capset(2))."""
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    hdr = Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (Data * 2)()
+    if _libc().capset(ctypes.byref(hdr), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+def capabilities() -> dict[str, int]:
+    """CapInh/CapPrm/CapEff/CapBnd/CapAmb of this process, from /proc."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Cap"):
+                k, v = line.split(":", 1)
+                out[k] = int(v.strip(), 16)
+    return out
+
+
+def drop_privileges(user: str | None) -> str:
+    """After the capture handles are open: become ``user`` (when root) and keep no
+    capability at all.  Returns a one-line description for the log.
+
+    As root: supplementary groups cleared, gid and uid of ``user``; the bounding set is
+    emptied first, and changing uid from 0 clears every capability.  Not root (file
+    capabilities from setcap, or systemd's AmbientCapabilities): the ambient set is cleared
+    and capset() empties the rest.  Either way no_new_privs is set, so no later exec can
+    gain privileges back.  What the capture still needs after this is only the open
+    sockets: reading them, their statistics and their filters require no capability."""
+    if os.geteuid() == 0 and user:
+        pw = pwd.getpwnam(user)
+        for cap in range(64):
+            if _prctl(_PR_CAPBSET_DROP, cap) != 0:
+                break  # past the last capability this kernel knows
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    _clear_capabilities()
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    caps = capabilities()
+    if caps.get("CapEff") or caps.get("CapPrm") or caps.get("CapAmb"):
+        raise LiveCaptureError(f"could not drop capabilities: {caps}")
+    name = pwd.getpwuid(os.getuid()).pw_name if _has_user(os.getuid()) else str(os.getuid())
+    return f"running as {name} (uid {os.getuid()}, gid {os.getgid()}), no capabilities"
+
+
+def _has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def die_with_parent() -> None:
+    """A worker gets SIGKILL when the controller dies, however it dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --- the worker ---------------------------------------------------------------------------
+class _Rotate(Exception):
+    """Raised from the heads callback to end a classifier call (fresh flow table)."""
+
+
+@dataclass
+class _HeadsState:
+    handle: Handle
+    admitted: int = 0  # totals of the finished classifier calls
+    shed: int = 0
+
+
+@dataclass
+class WorkerCounters:
+    backlog_drops: int = 0  # whole packets dropped because the heads threads lagged
+    callback_errors: int = 0
+    last_error: str = ""
+    whole: int = 0  # whole packets read
+
+
+class Worker:
+    """Runs in a forked worker process: reads its handles, feeds ``det`` (a
+    ``Detector(collect=True)``) and talks to the controller over ``conn``.
+
+    Messages to the controller: ("ready", wid), ("matches", wid, gen, items),
+    ("stats", wid, dict), ("ack", wid, gen), ("fatal", wid, text), ("bye", wid).
+    From the controller: ("sigs", gen, SignatureSet), ("stop",)."""
+
+    def __init__(
+        self,
+        wid: int,
+        handles: Sequence[Handle],
+        det: Any,
+        conn: Any,
+        flow_head: int,
+        swap_signatures: Callable[[Any, Any], None],
+    ) -> None:
+        self.wid = wid
+        self.heads = [_HeadsState(h) for h in handles if h.role == "heads"]
+        self.whole = [h for h in handles if h.role == "whole"]
+        self.det = det
+        self.conn = conn
+        self.flow_head = flow_head
+        self.swap_signatures = swap_signatures
+        self.lock = threading.Lock()
+        self.backlog: deque[list[tuple[float, int, bytes]]] = deque()
+        self.backlog_pkts = 0
+        self.heads_active = 0.0  # monotonic time of the last heads callback
+        self.counters = WorkerCounters()
+        self.gen = 0
+        self.fatal: str | None = None
+
+    # -- feeding (callers hold self.lock) ---------------------------------------------
+    def _drain(self) -> None:
+        feed = self.det.feed
+        backlog = self.backlog
+        while backlog:
+            batch = backlog.popleft()
+            self.backlog_pkts -= len(batch)
+            for ts, lt, data in batch:
+                feed(ts, lt, data)
+
+    # -- heads threads ----------------------------------------------------------------
+    def _heads_loop(self, st: _HeadsState) -> None:
+        h = st.handle
+        lt = h.linktype
+        feed = self.det.feed
+        lock = self.lock
+        mono = time.monotonic
+        deadline = [0.0]
+
+        def cb(hdr: Any, data: bytes, _cls: int) -> None:
+            now = mono()
+            self.heads_active = now
+            sec, usec = hdr.getts()
+            with lock:
+                if self.backlog:
+                    self._drain()
+                try:
+                    feed(sec + usec * 1e-6, lt, data)
+                except Exception as exc:  # noqa: BLE001 - Detector swallows its own; count ours
+                    self.counters.callback_errors += 1
+                    self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            if now > deadline[0]:
+                raise _Rotate
+
+        while self.fatal is None:
+            deadline[0] = mono() + CHUNK_SECONDS
+            try:
+                h.cap.loop_filtered(CHUNK, cb, ADMIT_HEADS, b"", self.flow_head, l2_offset=h.l2_offset)
+            except _Rotate:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the interface went away, libpcap failed
+                self.fatal = f"{h.iface}: capture failed: {exc}"
+            finally:
+                adm, shed = h.cap.filtered_stats()[:2]
+                st.admitted += adm
+                st.shed += shed
+
+    # -- main thread ------------------------------------------------------------------
+    def _read_whole(self, h: Handle) -> int:
+        """Read what the whole handle holds (non-blocking); feed it or queue it."""
+        n_total = 0
+        lt = h.linktype
+        for _ in range(64):  # at most 64 batches before looking at the pipe again
+            try:
+                pkts, meta = h.cap.next_batch(BATCH)
+            except Exception as exc:  # noqa: BLE001
+                self.fatal = f"{h.iface}: capture failed: {exc}"
+                return n_total
+            if not meta:
+                break
+            batch = [(sec + usec * 1e-6, lt, pkts[off : off + caplen]) for sec, usec, off, caplen in struct.iter_unpack("=IIII", meta)]
+            n = len(batch)
+            n_total += n
+            self.counters.whole += n
+            if time.monotonic() - self.heads_active < 0.2:
+                # The heads threads are busy: they feed these between their own packets.
+                with self.lock:
+                    if self.backlog_pkts + n > MAX_BACKLOG:
+                        self.counters.backlog_drops += n
+                    else:
+                        self.backlog.append(batch)
+                        self.backlog_pkts += n
+            else:
+                with self.lock:
+                    self._drain()
+                    feed = self.det.feed
+                    for ts, lt2, data in batch:
+                        feed(ts, lt2, data)
+            if n < BATCH:
+                break
+        return n_total
+
+    def _take(self) -> list[Any]:
+        """The matches collected so far (caller holds the lock)."""
+        items = self.det.collected
+        if items:
+            self.det.collected = []
+        return items
+
+    def _send_matches(self, gen: int, items: list[Any]) -> None:
+        if items:
+            self.conn.send(("matches", self.wid, gen, [_wire(m) for m in items]))
+
+    def _ship(self) -> None:
+        with self.lock:
+            items = self._take()
+        self._send_matches(self.gen, items)
+
+    def stats(self) -> dict[str, Any]:
+        det = self.det
+        st = det.stats
+        admitted = shed = 0
+        for hs in self.heads:
+            live = hs.handle.cap.filtered_stats()
+            admitted += hs.admitted + live[0]
+            shed += hs.shed + live[1]
+        out: dict[str, Any] = {
+            "python_packets": st.packets,
+            "python_bytes": st.bytes,
+            "inspected": st.inspected,
+            "undecodable": sum(st.undecodable.values()),
+            "heads_admitted": admitted,
+            "shed": shed,
+            "whole": self.counters.whole,
+            "backlog": self.backlog_pkts,
+            "backlog_drops": self.counters.backlog_drops,
+            "callback_errors": self.counters.callback_errors,
+            "last_error": self.counters.last_error,
+            "flows": len(det.flows),
+            "flows_evicted": det.flows.evicted,
+            "fragments_evicted": getattr(det.ip, "frag_evicted", 0),
+            "generation": self.gen,
+        }
+        return out
+
+    def _control(self) -> bool:
+        """Handle control messages; False when told to stop."""
+        while self.conn.poll():
+            msg = self.conn.recv()
+            if msg[0] == "stop":
+                return False
+            if msg[0] == "sigs":
+                gen, sigs = msg[1], msg[2]
+                with self.lock:  # between two packets: the swap is atomic for the pipeline
+                    items = self._take()
+                    self.swap_signatures(self.det, sigs)
+                    old, self.gen = self.gen, gen
+                self._send_matches(old, items)
+                self.conn.send(("ack", self.wid, gen))
+        return True
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._heads_loop, args=(st,), daemon=True, name=f"heads-{st.handle.iface}") for st in self.heads]
+        for t in threads:
+            t.start()
+        self.conn.send(("ready", self.wid))
+        fds: list[Any] = [self.conn] + [h.cap.getfd() for h in self.whole]
+        by_fd = {h.cap.getfd(): h for h in self.whole}
+        next_ship = next_stats = 0.0
+        running = True
+        while running:
+            ready, _, _ = select.select(fds, [], [], SHIP_SECONDS)
+            for r in ready:
+                h = by_fd.get(r) if isinstance(r, int) else None
+                if h is not None:
+                    self._read_whole(h)
+            if self.conn in ready:
+                running = self._control()
+            now = time.monotonic()
+            if self.backlog and now - self.heads_active >= 0.2:
+                with self.lock:
+                    self._drain()
+            if now >= next_ship:
+                self._ship()
+                next_ship = now + SHIP_SECONDS
+            if now >= next_stats:
+                self.conn.send(("stats", self.wid, self.stats()))
+                next_stats = now + STATS_SECONDS
+            if self.fatal:
+                self._ship()
+                self.conn.send(("fatal", self.wid, self.fatal))
+                return
+        # Stopping: feed what is queued, ship it, say goodbye.  The heads threads stay
+        # blocked in libpcap; the process ends with os._exit in the caller.
+        with self.lock:
+            self._drain()
+        self._ship()
+        self.conn.send(("stats", self.wid, self.stats()))
+        self.conn.send(("bye", self.wid))
+
+
+def _wire(item: Any) -> Any:
+    """A match travels as (signature id, observation, pattern): the controller holds the
+    same signature set (by generation), so the Signature object is not pickled for every
+    hit.  Anything else (an evidence upgrade) travels as it is."""
+    sig = getattr(item, "signature", None)
+    obs = getattr(item, "observation", None)
+    if sig is not None and obs is not None:
+        return ("m", sig.id, obs, item.pattern)
+    return ("x", item)

@@ -1,0 +1,234 @@
+"""``detector live`` pieces that need no root: the kernel filters (compiled by libpcap and
+run on hand-built frames), the live de-duplication policy, the metrics exposition and its
+HTTP server, the worker wire format, and the one-line capture errors."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pcapy
+import pytest
+from scapy.all import GRE, ICMP, IP, TCP, UDP, Ether, IPv6, Raw  # type: ignore[attr-defined]
+from scapy.layers.dns import DNS, DNSQR
+
+from detector.capture import live as cap
+from detector.live import LiveDedup, _WorkerProc
+from detector.metrics import CONTENT_TYPE, MetricsServer, Sample, render
+from detector.model import Evidence, Match, Observation, Strength
+from detector.signatures import load_signatures
+
+# -- the kernel filters ---------------------------------------------------------------------
+C, S = "198.18.0.10", "198.18.0.1"
+E = Ether(src="02:00:00:00:00:10", dst="02:00:00:00:00:01")
+QUIC_LONG = bytes([0xC3]) + b"\x00\x00\x00\x01" + b"\x00" * 40
+QUIC_SHORT = bytes([0x43]) + b"\x00" * 40
+
+FRAMES: dict[str, tuple[bytes, str | None]] = {
+    "tcp-syn": (bytes(E / IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="S")), "whole"),
+    "tcp-fin": (bytes(E / IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="FA")), "whole"),
+    "tcp-rst": (bytes(E / IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="R")), "whole"),
+    "tcp-hello": (bytes(E / IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="PA") / Raw(b"\x16\x03\x01" + b"x" * 60)), "heads"),
+    "tcp-bulk-any-port": (bytes(E / IP(src=S, dst=C) / TCP(sport=8080, dport=40001, flags="A") / Raw(b"y" * 1000)), "heads"),
+    "tcp-ksc-13000": (bytes(E / IP(src=C, dst=S) / TCP(sport=40002, dport=13000, flags="PA") / Raw(b"z" * 10)), "heads"),
+    "tcp-dns": (bytes(E / IP(src=C, dst=S) / TCP(sport=40003, dport=53, flags="PA") / Raw(b"\x00\x1d" + b"q" * 29)), "whole"),
+    "udp-dns": (bytes(E / IP(src=C, dst=S) / UDP(sport=40004, dport=53) / DNS(qd=DNSQR(qname="s05.upd.kaspersky.com"))), "whole"),
+    "udp-dns-answer": (bytes(E / IP(src=S, dst=C) / UDP(sport=53, dport=40004) / DNS(qr=1, qd=DNSQR(qname="x.example"))), "whole"),
+    "quic-initial": (bytes(E / IP(src=C, dst=S) / UDP(sport=40005, dport=443) / Raw(QUIC_LONG)), "whole"),
+    "quic-short": (bytes(E / IP(src=C, dst=S) / UDP(sport=40005, dport=443) / Raw(QUIC_SHORT)), None),
+    "udp-ksc-15000": (bytes(E / IP(src=S, dst=C) / UDP(sport=40006, dport=15000) / Raw(b"k" * 20)), "whole"),
+    "udp-ksc-13000": (bytes(E / IP(src=C, dst=S) / UDP(sport=40007, dport=13000) / Raw(b"k" * 20)), "whole"),
+    "vxlan": (bytes(E / IP(src=C, dst=S) / UDP(sport=40008, dport=4789) / Raw(b"\x08" + b"\x00" * 7 + b"i" * 60)), "whole"),
+    "geneve": (bytes(E / IP(src=C, dst=S) / UDP(sport=40009, dport=6081) / Raw(b"\x00" * 8 + b"g" * 60)), "whole"),
+    "gre": (bytes(E / IP(src=C, dst=S) / GRE() / IP(src="198.18.9.1", dst="198.18.9.2") / ICMP()), "whole"),
+    "ipv4-fragment": (bytes(E / IP(src=S, dst=C, flags="MF", frag=0, proto=17) / Raw(b"f" * 64)), "whole"),
+    "ipv4-fragment-tail": (bytes(E / IP(src=S, dst=C, frag=8, proto=17) / Raw(b"f" * 64)), "whole"),
+    "ipv6-tcp-bulk": (bytes(E / IPv6(src="2001:db8::10", dst="2001:db8::1") / TCP(sport=40010, dport=443, flags="A") / Raw(b"b" * 500)), "whole"),
+    "udp-other": (bytes(E / IP(src=C, dst=S) / UDP(sport=40011, dport=5000) / Raw(b"u" * 100)), None),
+    "icmp": (bytes(E / IP(src=C, dst=S) / ICMP()), None),
+    "arp": (bytes(Ether(src="02:00:00:00:00:10", dst="ff:ff:ff:ff:ff:ff", type=0x0806) / Raw(b"\x00" * 28)), None),
+}
+
+
+def _vlan(frame: bytes) -> bytes:
+    """The same frame with an 802.1Q tag inline (a trunk without VLAN offload)."""
+    return frame[:12] + b"\x81\x00\x00\x64" + frame[12:]
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["untagged", "vlan"])
+@pytest.mark.parametrize("name", sorted(FRAMES))
+def test_filters_pass_each_packet_to_one_handle_at_most(name: str, tagged: bool) -> None:
+    heads, whole = cap.filters(True)
+    frame, want = FRAMES[name]
+    if tagged:
+        frame = _vlan(frame)
+    got = {role for role, expr in (("heads", heads), ("whole", whole))
+           if pcapy.compile(pcapy.DLT_EN10MB, 65535, expr, 1, 0).filter(frame)}
+    assert got == ({want} if want else set())
+
+
+def test_whole_filter_takes_udp_ports_of_port_signatures() -> None:
+    frame = bytes(E / IP(src=C, dst=S) / UDP(sport=40000, dport=5000) / Raw(b"u" * 10))
+    _, whole = cap.filters(True, udp_ports=(5000,))
+    assert pcapy.compile(pcapy.DLT_EN10MB, 65535, whole, 1, 0).filter(frame)
+
+    class Sig:
+        ports = (("udp", 5000, 5002), ("tcp", 13000, 13000))
+
+    assert cap.signature_udp_ports([Sig()]) == (5000, 5001, 5002)
+
+
+def test_raw_ip_links_have_no_vlan_clause() -> None:
+    heads, whole = cap.filters(False)
+    assert "vlan" not in heads + whole
+    pkt = bytes(IP(src=C, dst=S) / UDP(sport=40004, dport=53) / DNS(qd=DNSQR(qname="a.example")))
+    assert pcapy.compile(pcapy.DLT_RAW, 65535, whole, 1, 0).filter(pkt)
+
+
+def test_fanout_groups_differ_per_interface_and_role() -> None:
+    ids = {cap.fanout_group(0xFFF0, i, r) for i in range(4) for r in ("heads", "whole")}
+    assert len(ids) == 8 and all(0 <= g <= 0xFFFF for g in ids)
+
+
+def test_missing_interface_is_one_clear_line() -> None:
+    with pytest.raises(cap.LiveCaptureError, match=r"^no such interface 'nosuch0' \(interfaces here: .*lo"):
+        cap.check_interface("nosuch0")
+
+
+# -- de-duplication ---------------------------------------------------------------------------
+SIGS = load_signatures()
+SIG = SIGS.by_id(1610002)
+
+
+def _match(ts: float, client: str = C, name: str = "s05.upd.kaspersky.com", port: int = 40000,
+           strength: Strength = Strength.WEAK, evidence: Evidence = Evidence.DNS_QUERY) -> Match:
+    obs = Observation(ts=ts, evidence=evidence, hostname=name, client=client, server=S, client_port=port,
+                      server_port=53, proto=17, flow_id=1, detail={"type": "query", "rrname": name, "rrtype": "A"},
+                      strength=strength)
+    return Match(obs, SIG, name)
+
+
+def test_first_hit_is_written_after_settle_repeats_are_counted() -> None:
+    d = LiveDedup(window=3600, settle=0.5)
+    assert d.add(_match(100.0), now=1000.0) == []
+    assert d.due(1000.4) == []
+    d.add(_match(100.1, port=40001), now=1000.1)  # a repeat before the alert is written
+    (a,) = d.due(1000.5)
+    assert (a.count, a.first_seen, a.last_seen) == (2, 100.0, 100.1)
+    d.add(_match(200.0, port=40002), now=1100.0)  # after: counted, not written
+    assert d.due(2000.0) == [] and d.flush() == []
+    assert (d.counters.alerts, d.counters.repeats, d.counters.matches) == (1, 1, 3)
+
+
+def test_settle_zero_writes_at_once_and_keys_are_separate() -> None:
+    d = LiveDedup(window=3600, settle=0.0)
+    d.add(_match(1.0), now=10.0)
+    d.add(_match(1.0, client="198.18.0.11"), now=10.0)
+    d.add(_match(1.0, evidence=Evidence.DNS_ANSWER), now=10.0)
+    assert len(d.due(10.0)) == 3
+
+
+def test_a_new_window_alerts_again() -> None:
+    d = LiveDedup(window=60, settle=0.0)
+    d.add(_match(0.0), now=0.0)
+    assert len(d.due(0.0)) == 1
+    d.add(_match(30.0), now=30.0)
+    assert d.due(30.0) == []
+    d.add(_match(61.0), now=61.0)  # the window of the first hit has passed
+    (a,) = d.due(61.0)
+    assert a.first_seen == 61.0 and a.count == 1
+
+
+def test_expire_by_clock_empties_the_table() -> None:
+    d = LiveDedup(window=60, settle=0.0)
+    d.add(_match(0.0), now=0.0)
+    d.due(0.0)
+    assert d.expire(59.0) == [] and len(d) == 1
+    assert d.expire(60.0) == [] and len(d) == 0  # already written: nothing more
+
+
+def test_the_answer_upgrades_an_alert_still_settling() -> None:
+    d = LiveDedup(window=3600, settle=0.5)
+    m = _match(5.0)
+    d.add(m, now=5.0)
+    d.upgrade(LiveDedup.key(m), Strength.COMPLETED)
+    (a,) = d.due(6.0)
+    assert a.strength == Strength.COMPLETED
+    d.add(_match(5.1, strength=Strength.STRONG), now=6.1)  # too late to show: counted
+    assert d.due(7.0) == []
+
+
+def test_full_table_writes_the_oldest_pending_never_loses_it() -> None:
+    d = LiveDedup(window=3600, settle=10.0, max_open=2)
+    out = []
+    for i in range(3):
+        out += d.add(_match(float(i), client=f"198.18.0.{20 + i}"), now=float(i))
+    assert [a.observation.client for a in out] == ["198.18.0.20"] and d.counters.early == 1
+    assert [a.observation.client for a in d.flush()] == ["198.18.0.21", "198.18.0.22"]
+
+
+def test_matches_travel_without_their_signature() -> None:
+    m = _match(1.0)
+    kind, sid, obs, pattern = cap._wire(m)
+    assert (kind, sid, obs, pattern) == ("m", SIG.id, m.observation, m.pattern)
+    assert cap._wire("other")[0] == "x"
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_render_groups_and_escapes() -> None:
+    text = render([
+        Sample("x_total", "counter", "help with \\ and\nnewline", 3, {"interface": 'e"th\\0\n'}),
+        Sample("x_total", "counter", "ignored", 4, {"interface": "eth1"}),
+        Sample("y", "gauge", "a gauge", 1.5),
+    ])
+    assert text == (
+        "# HELP x_total help with \\\\ and\\nnewline\n# TYPE x_total counter\n"
+        'x_total{interface="e\\"th\\\\0\\n"} 3\nx_total{interface="eth1"} 4\n'
+        "# HELP y a gauge\n# TYPE y gauge\ny 1.5\n"
+    )
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_server_serves_the_snapshot() -> None:
+    state = {"text": "a 1\n"}
+    srv = MetricsServer(f"127.0.0.1:{_port()}", lambda: state["text"])
+    srv.start()
+    try:
+        with urllib.request.urlopen(f"http://{srv.address}/metrics", timeout=5) as r:
+            assert r.headers["Content-Type"] == CONTENT_TYPE and r.read() == b"a 1\n"
+        state["text"] = "a 2\n"
+        with urllib.request.urlopen(f"http://{srv.address}/metrics", timeout=5) as r:
+            assert r.read() == b"a 2\n"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://{srv.address}/", timeout=5)
+        assert exc.value.code == 404
+    finally:
+        srv.close()
+
+
+def test_metrics_address_in_use_is_an_oserror() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(OSError):
+            MetricsServer(f"127.0.0.1:{s.getsockname()[1]}", lambda: "")
+
+
+def test_control_messages_go_through_the_sender_thread() -> None:
+    a, b = socket.socketpair()
+    from multiprocessing.connection import Connection
+
+    mine, theirs = Connection(a.detach()), Connection(b.detach())
+    w = _WorkerProc(0, 0, mine)
+    w.start_sender()
+    big: Any = ("sigs", 2, b"x" * (1 << 20))  # larger than a socket buffer
+    w.outbox.put(big)
+    w.outbox.put(("stop",))
+    assert theirs.recv() == big and theirs.recv() == ("stop",)
