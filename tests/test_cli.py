@@ -150,3 +150,8 @@ def test_http_keepalive_requests_all_seen(tmp_path):
     cap = _pcap(tmp_path / "a.pcap", [tcp_payload(body, dport=3128)])
     names = sorted(x["http"]["hostname"] for x in _eve(run("replay", "-q", str(cap)).stdout))
     assert names == ["dnl-01.geo.kaspersky.com", "p03.upd.kaspersky.com"]
+
+
+def test_output_to_a_device():
+    r = run("replay", "-q", "--output", "/dev/null", "pcaps/tls-sni.pcap")
+    assert r.returncode == 0, r.stderr

@@ -15,6 +15,7 @@ Rotation, either way:
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import BinaryIO
 
@@ -103,8 +104,8 @@ class FileSink:
             self._do_reopen()
         try:
             self._fh.flush()
-            if self._close:
-                os.fsync(self._fh.fileno())
+            if self._close and stat.S_ISREG(os.fstat(self._fh.fileno()).st_mode):
+                os.fsync(self._fh.fileno())  # devices and pipes (e.g. /dev/null) cannot be synced
         except BrokenPipeError:
             raise
         except OSError as exc:
