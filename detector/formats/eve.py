@@ -44,21 +44,14 @@ def _app_record(alert: Alert) -> tuple[str, dict[str, Any]]:
         if d.get("answers"):
             rec["answers"] = d["answers"]
         return "dns", rec
-    if ev == Evidence.TLS_SNI:
-        rec = {"sni": d.get("sni", obs.hostname)}
+    if ev in (Evidence.TLS_SNI, Evidence.TLS_CERT, Evidence.QUIC_SNI):
+        if ev == Evidence.TLS_CERT:
+            rec = {"subject": d.get("subject", "")}
+        else:
+            rec = {"sni": d.get("sni", obs.hostname)}
         if d.get("version"):
             rec["version"] = d["version"]
-        return "tls", rec
-    if ev == Evidence.TLS_CERT:
-        rec = {"subject": d.get("subject", "")}
-        if d.get("version"):
-            rec["version"] = d["version"]
-        return "tls", rec
-    if ev == Evidence.QUIC_SNI:
-        rec = {"sni": d.get("sni", obs.hostname)}
-        if d.get("version"):
-            rec["version"] = d["version"]
-        return "quic", rec
+        return ("quic" if ev == Evidence.QUIC_SNI else "tls"), rec
     if ev in (Evidence.DNS_LEARNED, Evidence.PORT):
         app = d.get("app_proto") or "failed"
         rec = {}
