@@ -19,7 +19,7 @@ from typing import Any
 from .aggregate import Aggregator, Key, Upgrade, key_of
 from .correlate import Awaiting, LearnedNames
 from .decode import transport, tunnel
-from .decode.flows import ACK, DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
+from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
 from .errors import DecodeError
@@ -38,6 +38,7 @@ MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
 MAX_DONE_RAW = 200_000
 MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
+_TUNNEL_PORT_BYTES = frozenset(p.to_bytes(2, "big") for p in tunnel.TUNNEL_UDP_PORTS)
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
 
@@ -142,25 +143,26 @@ class Detector:
         self._done_raw: dict[bytes, None] = {}
         self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
         self._rk: bytes | None = None
+        self._quiet = False  # learn_only(): learn addresses, nothing else
+        self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict] | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
-        """A DNS packet that belongs to another worker's share of the file: learn the
-        addresses in its answer (for flows in this share), count and alert nothing."""
+        """A DNS packet (UDP or TCP) that belongs to another worker's share of the file:
+        learn the addresses in its answer, for this share's flows; alert, count and keep
+        nothing else.  It runs through the normal decoders against scratch tables and
+        counters, so the main ones (and the summary) are untouched."""
+        if self._quiet_state is None:
+            self._quiet_state = (Stats(), FlowTable(max_flows=4096), IPDecoder(), OrderedDict())
+        saved = (self.stats, self.flows, self.ip, self._txns, self._rk, self._out)
+        self.stats, self.flows, self.ip, self._txns = self._quiet_state
+        self._rk, self._out, self._quiet = None, [], True
         try:
-            link = strip_link(linktype, data)
-            if link is None:
-                return
-            ip = IPDecoder().decode(link[0], data, link[1], ts)
-            if ip is None or ip[2] != IPProto.UDP:
-                return
-            sport, dport, payload = transport.udp(ip[3])
-            if self.matcher.dns_anchors is not None and not any(a in payload.lower() for a in self.matcher.dns_anchors):
-                return
-            msg = self._parse_dns(payload)
-            if msg.qr and msg.rcode == "NOERROR" and msg.answers:
-                self._dns_answered(ts, ip[1], msg, query_seen=False, count=False)
+            self._frame(ts, linktype, data, 0)
         except DecodeError:
-            return
+            pass
+        finally:
+            self.stats, self.flows, self.ip, self._txns, self._rk, self._out = saved
+            self._quiet = False
 
     # -- input -------------------------------------------------------------------------
     def set_source(self, name: str | None) -> None:
@@ -176,7 +178,7 @@ class Detector:
         # The common case first: an untagged Ethernet TCP segment of a decided stream,
         # without SYN/FIN/RST, costs one slice and one dict lookup, nothing decoded.
         rk = None
-        if linktype == 1 and len(data) >= 74:
+        if linktype == 1 and len(data) >= 54:
             et = data[12:14]
             if et == b"\x08\x00":
                 if data[14] == 0x45 and not (data[20] & 0x3F or data[21]):
@@ -185,11 +187,16 @@ class Detector:
                         if not data[47] & 7 and rk in self._done_raw:
                             st.ip_packets += 1
                             return self._out
-                    elif data[23] == 17 and (data[34:36] == b"\x00\x35" or data[36:38] == b"\x00\x35") and self._no_anchor(data):
+                    elif (
+                        data[23] == 17
+                        and (data[34:36] == b"\x00\x35" or data[36:38] == b"\x00\x35")
+                        and data[36:38] not in _TUNNEL_PORT_BYTES
+                        and self._no_anchor(data)
+                    ):
                         st.ip_packets += 1  # DNS that cannot name anything we match
                         st.inspected += 1
                         return self._out
-            elif et == b"\x86\xdd" and data[20] == 6:
+            elif et == b"\x86\xdd" and data[20] == 6 and len(data) >= 74:
                 rk = data[22:58]
                 if not data[67] & 7 and rk in self._done_raw:
                     st.ip_packets += 1
@@ -300,16 +307,16 @@ class Detector:
         key: FlowKey = (src, sport, dst, dport)
         flows = self.flows
         entry = flows.get(key)
-        if entry is DONE and flags & (SYN | ACK) == SYN:
-            entry = False  # a new connection reusing the ports of a decided one
+        if flags & (SYN | FIN | RST) and self._rk is not None:
+            # Connection boundaries always reach here (the raw skip lets them through):
+            # the raw key goes, whatever became of the flow-table entry (evicted, ...).
+            self._done_raw.pop(self._rk, None)
+        if entry is DONE and flags & SYN:
+            entry = False  # a new connection (SYN or SYN-ACK) reusing a decided flow's ports
             flows.remove(key)
-            if self._rk is not None:
-                self._done_raw.pop(self._rk, None)
         if entry is DONE:
             if flags & (FIN | RST):
                 flows.remove(key)
-                if self._rk is not None:
-                    self._done_raw.pop(self._rk, None)
             return
         if not payload:
             if flags & RST or (flags & FIN and entry is not False):
@@ -342,7 +349,7 @@ class Detector:
         if flags & (FIN | RST):
             flows.remove(key)
             if self._rk is not None:
-                self._done_raw.pop(self._rk, None)
+                self._done_raw.pop(self._rk, None)  # it may have been decided by this segment
 
     def _stream(self, ts: float, key: FlowKey, s: Stream, vlans: tuple[int, ...]) -> bool:
         """Parse what the stream holds; True once the stream is decided."""
@@ -528,7 +535,7 @@ class Detector:
         for n in names:
             self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans, Strength.COMPLETED)
 
-    def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool, count: bool = True) -> None:
+    def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool) -> None:
         """An answer with records: upgrade the query's alert, and learn the addresses a
         Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
         chain = [q for q, _ in msg.questions] + [a.target for a in msg.answers if a.target]
@@ -544,7 +551,7 @@ class Detector:
             hostname = name.lower().rstrip(".")
             for a in msg.answers:
                 if a.rrtype in _ADDR_TYPES:
-                    self.learned.learn(client, a.rdata, ts, a.ttl, hostname, hit, count)
+                    self.learned.learn(client, a.rdata, ts, a.ttl, hostname, hit, count=not self._quiet)
             return
 
     # -- matching ----------------------------------------------------------------------
@@ -599,6 +606,8 @@ class Detector:
         )
         self.stats.observations[evidence.value] += 1
         match = Match(obs, signature, pattern)
+        if self._quiet:
+            return match
         if self.collect:
             self.collected.append(match)
             return match
@@ -608,6 +617,8 @@ class Detector:
         return match
 
     def _upgrade(self, ts: float, key: Key, strength: Strength) -> None:
+        if self._quiet:
+            return
         if self.collect:
             self.collected.append(Upgrade(ts, key, strength))
         else:
