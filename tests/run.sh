@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(tcpdump tshark dnsmasq-base nginx-light tinyproxy bind9-dnsutils curl openssl ethtool iproute2 chromium rsyslog rsyslog-gnutls liblognorm-utils)
+DEBS=(python3-venv tcpdump tshark dnsmasq-base nginx-light tinyproxy bind9-dnsutils curl openssl ethtool iproute2 chromium rsyslog rsyslog-gnutls liblognorm-utils)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${DEBS[@]}"; do
