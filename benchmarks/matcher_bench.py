@@ -149,7 +149,7 @@ def child(pack: str, queries_path: str) -> dict:
     gc.collect()
     base = rss_mb()
     t0 = time.perf_counter()
-    sigs = load_signatures([pack])
+    sigs = load_signatures(pack.split(","))
     t1 = time.perf_counter()
     m = Matcher(sigs)
     t2 = time.perf_counter()
@@ -173,7 +173,7 @@ def child(pack: str, queries_path: str) -> dict:
     random.Random(5).shuffle(mixed)
     mixed_rate, _ = timed(mixed)
     return {
-        "signatures": len(sigs), "patterns": patterns, "yaml_mb": os.path.getsize(pack) / 1e6,
+        "signatures": len(sigs), "patterns": patterns, "yaml_mb": sum(os.path.getsize(p) for p in pack.split(",")) / 1e6,
         "load_s": t1 - t0, "build_s": t2 - t1, "retained_mb": retained / 2**20,
         "bytes_per_pattern": retained / max(1, patterns), "rss_delta_mb": after - base,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -205,9 +205,16 @@ def main() -> int:
         print(f"wrote {spack}: {args.signatures} signatures x {args.names_per_sig} names "
               f"({os.path.getsize(spack) / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         kmat = kaspersky_material(bench_lib.load_pack())
-        for label, pack, mat in (("kaspersky (bundled)", kpack, kmat),
-                                 (f"synthetic {args.signatures}x{args.names_per_sig}", spack, smat)):
-            hits, misses = make_queries(mat, args.queries, rng)
+        kqueries = make_queries(kmat, args.queries, rng)
+        # The third row asks the bundled pack's own queries of the bundled pack loaded
+        # together with the million synthetic names: the same work against a 5,600x larger
+        # index, which is what "lookup time does not grow with the signatures" means.
+        for label, pack, queries in (
+            ("kaspersky (bundled)", kpack, kqueries),
+            (f"synthetic {args.signatures}x{args.names_per_sig}", spack, make_queries(smat, args.queries, rng)),
+            ("bundled + synthetic, bundled queries", f"{kpack},{spack}", kqueries),
+        ):
+            hits, misses = queries
             qpath = os.path.join(d, "queries.json")
             with open(qpath, "w") as fh:
                 json.dump({"hits": hits, "misses": misses}, fh)
@@ -234,14 +241,16 @@ def main() -> int:
             f"{r['peak_rss_mb']:.0f} | {r['hits_per_s']:,.0f} | {r['misses_per_s']:,.0f} | {r['mixed_per_s']:,.0f} | "
             f"{verdict(r)} |"
             for r in results]
-    k, s = results
+    k, s, both = results
     text = "\n".join([
         "# Matcher benchmark", "",
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {args.queries:,} query names per pack "
         "(half hits, half misses); python " + sys.version.split()[0], "",
         hdr, *rows, "",
-        f"Lookup speed, synthetic/bundled (mixed queries): {s['mixed_per_s'] / k['mixed_per_s']:.2f}x "
-        f"with {s['patterns'] / max(1, k['patterns']):,.0f}x the patterns.", ""])
+        f"Lookup speed, synthetic/bundled (mixed queries, each pack its own queries): "
+        f"{s['mixed_per_s'] / k['mixed_per_s']:.2f}x with {s['patterns'] / max(1, k['patterns']):,.0f}x the patterns.",
+        f"Lookup speed, the same bundled queries with the million names loaded beside the bundled pack: "
+        f"{both['mixed_per_s'] / k['mixed_per_s']:.2f}x.", ""])
     os.makedirs(bench_lib.WORK, exist_ok=True)
     with open(os.path.join(bench_lib.WORK, "matcher_results.md"), "w") as fh:
         fh.write(text)
