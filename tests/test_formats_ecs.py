@@ -22,7 +22,8 @@ from test_formats_common import (
     sample_alerts,
 )
 
-from detector.formats.ecs import format_alert, http_url, iso_utc
+from detector.formats.common import http_url, iso_utc
+from detector.formats.ecs import format_alert
 
 ECS_FLAT = SHARED_REF / "ecs-9.4.0-flat.yml"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")

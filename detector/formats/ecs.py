@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model import Alert, Evidence, Observation
-from .common import (  # noqa: F401 - re-exported for the format tests
+from .common import (
     DNS_KINDS,
     HTTP_KINDS,
     LIST_SEPARATOR,
@@ -40,7 +40,6 @@ from .common import (  # noqa: F401 - re-exported for the format tests
     VENDOR,
     app_protocol,
     confidence_level,
-    epoch_ms,
     evidence_strength,
     http_url,
     ip_version,
