@@ -58,14 +58,14 @@ class Awaiting:
 
     def __init__(self, max_entries: int = 65536) -> None:
         self.max_entries = max_entries
-        self._t: OrderedDict[tuple[str, int, str, int], list[tuple[Any, str, Any]]] = OrderedDict()
+        self._t: OrderedDict[tuple[str, int, str, int], list[tuple[Any, str]]] = OrderedDict()
         self.evicted = 0
 
-    def add(self, server_key: tuple[str, int, str, int], agg_key: Any, kind: str, context: Any = None) -> None:
-        self._t.setdefault(server_key, []).append((agg_key, kind, context))
+    def add(self, server_key: tuple[str, int, str, int], agg_key: Any, kind: str) -> None:
+        self._t.setdefault(server_key, []).append((agg_key, kind))
         while len(self._t) > self.max_entries:
             self._t.popitem(last=False)
             self.evicted += 1
 
-    def pop(self, server_key: tuple[str, int, str, int]) -> list[tuple[Any, str, Any]] | None:
+    def pop(self, server_key: tuple[str, int, str, int]) -> list[tuple[Any, str]] | None:
         return self._t.pop(server_key, None)

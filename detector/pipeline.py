@@ -370,7 +370,7 @@ class Detector:
             elif httpp.looks_like_http(data):
                 s.mode = "http"
             elif self.cert_names and tlsp.looks_like_server_hello(data) and not (
-                waiting and any(kind == "tls" for _key, kind, _ctx in waiting)
+                waiting and any(kind == "tls" for _key, kind in waiting)
             ):
                 # The certificate's names (TLS 1.2): only when the client's SNI did not
                 # already name the flow, so the X.509 parse stays off the common path.
@@ -675,7 +675,7 @@ class Detector:
         """The server's first bytes on a flow whose client request raised an alert."""
         hello = tlsp.looks_like_server_hello(data)
         http = bytes(data[:5]) == b"HTTP/"
-        for agg_key, kind, _ctx in waiting:
+        for agg_key, kind in waiting:
             if kind == "port-tls" and hello:
                 self._upgrade(ts, agg_key, Strength.STRONG)
             elif (kind == "tls" and hello) or (kind == "http" and http) or kind in ("any", "port-tls"):
