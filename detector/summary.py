@@ -26,7 +26,7 @@ def show(text: str) -> str:
     (control characters, ESC sequences, bidi overrides)."""
     if text.isascii() and text.isprintable():
         return text
-    return text.encode("ascii", "backslashreplace").decode("ascii").encode("unicode_escape").decode("ascii").replace("\\\\", "\\")
+    return "".join(ch if " " <= ch <= "~" else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _counts(c: Counter[str]) -> str:
