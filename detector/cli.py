@@ -128,7 +128,7 @@ def cmd_signatures_list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="detector",
-        description="Find Kaspersky software on a network by its traffic (DNS, TLS SNI, HTTP).",
+        description="Find Kaspersky software on a network by its traffic (DNS, TLS and QUIC SNI, HTTP, certificates, Security Center ports).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
