@@ -1,0 +1,385 @@
+//! Capture files in one streaming pass: pcap (both byte orders, micro/nanosecond) and
+//! pcapng (sections, interfaces with their own link type, `if_tsresol`, `if_tsoffset`,
+//! enhanced, simple and obsolete packet blocks), plain or gzip'd.
+//!
+//! Parsing is `pcap-parser`'s (rusticata; the reader Suricata uses), over a bounded buffer
+//! that grows only up to `MAX_BUFFER`: a record claiming more than that is damage, reported
+//! with the byte offset where it starts, and the records before it are kept.
+//! Timestamps are computed with the same floating-point operations as the Python reader
+//! (`detector/capture/pcap.py`), so both paths hand the detector identical times.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use pcap_parser::pcapng::Block;
+use pcap_parser::traits::PcapReaderIterator;
+use pcap_parser::{create_reader, PcapBlockOwned, PcapError};
+
+const START_BUFFER: usize = 1 << 20;
+/// Python's reader refuses records above 1 MiB; the buffer needs room for one and its header.
+const MAX_RECORD: usize = 1 << 20;
+const MAX_BUFFER: usize = 4 << 20;
+
+/// One captured frame, borrowed from the reader's buffer.
+pub struct Frame<'a> {
+    pub ts: f64,
+    pub linktype: u32,
+    pub data: &'a [u8],
+}
+
+pub struct CaptureReader {
+    inner: Box<dyn PcapReaderIterator + Send>,
+    pub format: &'static str,
+    pub compressed: bool,
+    pub records: u64,
+    pub warning: Option<String>,
+    /// pcap: (linktype, ts unit) of the file; pcapng: per interface of the current section.
+    legacy: (u32, f64),
+    interfaces: Vec<(u32, f64, i64)>,
+    ng_big_endian: bool,
+    done: bool,
+    grown: usize,
+    /// Bytes handed back by `consume` so far (the offset of the next block in the stream).
+    offset: u64,
+    pending_consume: usize,
+    broken: Arc<AtomicBool>,
+}
+
+/// A decompressor whose errors end the stream (flagged) instead of failing the reader, so
+/// that every record before a cut in a compressed capture is still read.
+struct Tolerant<R> {
+    inner: R,
+    broken: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Tolerant<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                Ok(0)
+            }
+        }
+    }
+}
+
+fn ts_unit(resol: u8) -> f64 {
+    if resol & 0x80 != 0 {
+        2f64.powf(-((resol & 0x7f) as f64))
+    } else {
+        10f64.powf(-(resol as f64))
+    }
+}
+
+impl CaptureReader {
+    /// Open a capture; `Err` is one line naming what is wrong (the caller names the file).
+    pub fn open(path: &str) -> Result<CaptureReader, String> {
+        let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let mut magic = [0u8; 2];
+        let n = f.read(&mut magic).map_err(|e| format!("cannot read: {e}"))?;
+        drop(f);
+        let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let gz = n == 2 && magic == [0x1f, 0x8b];
+        let broken = Arc::new(AtomicBool::new(false));
+        let source: Box<dyn Read + Send> = if gz {
+            let z = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
+            Box::new(Tolerant { inner: z, broken: broken.clone() })
+        } else {
+            Box::new(f)
+        };
+        let mut r = Self::from_reader(source, gz)?;
+        r.broken = broken;
+        Ok(r)
+    }
+
+    /// True when the compressed stream ended early or was corrupt (records before it kept).
+    pub fn compressed_damage(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    pub fn from_reader(source: Box<dyn Read + Send>, compressed: bool) -> Result<CaptureReader, String> {
+        let inner = match create_reader(START_BUFFER, source) {
+            Ok(r) => r,
+            Err(PcapError::Eof) => return Err("empty file, not a capture".into()),
+            Err(PcapError::HeaderNotRecognized) => return Err("not a pcap or pcapng capture".into()),
+            Err(PcapError::ReadError) => {
+                return Err(if compressed { "compressed data is corrupt".into() } else { "read error".into() })
+            }
+            Err(e) => return Err(format!("not a pcap or pcapng capture ({e:?})")),
+        };
+        Ok(CaptureReader {
+            inner,
+            format: "?",
+            compressed,
+            records: 0,
+            warning: None,
+            legacy: (1, 1e-6),
+            interfaces: Vec::new(),
+            ng_big_endian: false,
+            done: false,
+            grown: START_BUFFER,
+            offset: 0,
+            pending_consume: 0,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn warn(&mut self, msg: String) {
+        self.warning = Some(match self.warning.take() {
+            Some(w) => format!("{w}; {msg}"),
+            None => msg,
+        });
+        self.done = true;
+    }
+
+    /// The next frame, or None at the end of the file (or at damage: see `warning`).
+    /// The frame borrows the buffer until the next call.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.pending_consume > 0 {
+                self.inner.consume(self.pending_consume);
+                self.offset += self.pending_consume as u64;
+                self.pending_consume = 0;
+            }
+            // A first look without holding the borrow: what to do with the next block.
+            let base = self.inner.data().as_ptr() as usize;
+            let be = self.ng_big_endian;
+            let step = match self.inner.next() {
+                Ok((used, block)) => Step::Block(used, describe(base, be, block)),
+                Err(PcapError::Eof) => Step::End,
+                Err(PcapError::Incomplete(_)) => Step::Refill,
+                Err(PcapError::UnexpectedEof) => Step::Cut,
+                Err(PcapError::BufferTooSmall) => Step::Grow,
+                Err(e) => Step::Damaged(format!("{e:?}")),
+            };
+            match step {
+                Step::End => {
+                    self.done = true;
+                    return None;
+                }
+                Step::Refill => {
+                    let before = self.inner.data().len();
+                    if before == 0 && self.inner.reader_exhausted() {
+                        self.done = true;
+                        return None;
+                    }
+                    if self.inner.reader_exhausted() {
+                        let what = if self.format == "pcapng" { "a block" } else { "a packet" };
+                        self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
+                        return None;
+                    }
+                    let refilled = self.inner.refill().map_err(|e| format!("{e:?}"));
+                    if let Err(e) = refilled {
+                        self.warn(format!("read error after {} records ({e})", self.records));
+                        return None;
+                    }
+                    if self.inner.data().len() == before && self.inner.reader_exhausted() {
+                        let what = if self.format == "pcapng" { "a block" } else { "a packet" };
+                        self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
+                        return None;
+                    }
+                    // Full buffer and still incomplete: the record is larger than the buffer.
+                    if self.inner.data().len() == before {
+                        if self.grown >= MAX_BUFFER || !self.inner.grow(self.grown * 2) {
+                            self.warn(self.impossible());
+                            return None;
+                        }
+                        self.grown *= 2;
+                    }
+                }
+                Step::Grow => {
+                    if self.grown >= MAX_BUFFER || !self.inner.grow(self.grown * 2) {
+                        self.warn(self.impossible());
+                        return None;
+                    }
+                    self.grown *= 2;
+                    let _ = self.inner.refill();
+                }
+                Step::Cut => {
+                    self.warn(format!("file cut inside a record after {} records (offset {})", self.records, self.offset));
+                    return None;
+                }
+                Step::Damaged(e) => {
+                    self.warn(format!(
+                        "damaged record after {} records at offset {} ({e}); rest of file skipped",
+                        self.records, self.offset
+                    ));
+                    return None;
+                }
+                Step::Block(used, kind) => {
+                    self.pending_consume = used;
+                    match kind {
+                        Kind::LegacyHeader(lt, nano) => {
+                            self.format = "pcap";
+                            self.legacy = (lt & 0xffff, if nano { 1e-9 } else { 1e-6 });
+                        }
+                        Kind::Section(be) => {
+                            self.format = "pcapng";
+                            self.ng_big_endian = be;
+                            self.interfaces.clear();
+                        }
+                        Kind::Interface(lt, resol, off) => {
+                            if self.interfaces.len() < 65536 {
+                                self.interfaces.push((lt, ts_unit(resol), off));
+                            }
+                        }
+                        Kind::Packet(p) => {
+                            // (consume is deferred to the next call, so the bytes stay put)
+                            if self.frame_ok(p) {
+                                return self.frame_of(p);
+                            }
+                            self.bad_block();
+                        }
+                        Kind::BadPacket(legacy) => {
+                            if legacy {
+                                self.warning = Some(self.impossible());
+                                self.done = true;
+                                return None;
+                            }
+                            self.bad_block();
+                        }
+                        Kind::Other => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame_ok(&self, p: Packet) -> bool {
+        match p.source {
+            Source::Iface(ifid, _) => (ifid as usize) < self.interfaces.len(),
+            Source::First => !self.interfaces.is_empty(),
+            Source::Legacy(..) => true,
+        }
+    }
+
+    fn bad_block(&mut self) {
+        if self.warning.is_none() {
+            self.warning =
+                Some(format!("pcapng packet block with a bad interface or length after {} records", self.records));
+        }
+    }
+
+    fn impossible(&self) -> String {
+        format!(
+            "damaged record after {} records at offset {} (a record longer than {} bytes is impossible); rest of file skipped",
+            self.records, self.offset, MAX_RECORD
+        )
+    }
+
+    /// A packet block: check it against the interfaces, then hand out its bytes.
+    fn frame_of(&mut self, p: Packet) -> Option<Frame<'_>> {
+        let (ts, linktype) = match p.source {
+            Source::Legacy(sec, frac) => (sec as f64 + frac as f64 * self.legacy.1, self.legacy.0),
+            Source::Iface(ifid, raw) => {
+                let (lt, unit, off) = *self.interfaces.get(ifid as usize)?;
+                (raw as f64 * unit + off as f64, lt)
+            }
+            Source::First => (0.0, self.interfaces.first()?.0),
+        };
+        let data = self.inner.data().get(p.start..p.start + p.len)?;
+        self.records += 1;
+        Some(Frame { ts, linktype, data })
+    }
+}
+
+/// Where a packet block's bytes are in the reader's buffer and how to time them.
+#[derive(Clone, Copy)]
+struct Packet {
+    start: usize,
+    len: usize,
+    source: Source,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Legacy(u32, u32),
+    Iface(u32, u64),
+    First,
+}
+
+fn span(base: usize, data: &[u8], len: usize) -> Option<(usize, usize)> {
+    if len > data.len() || len > MAX_RECORD {
+        return None;
+    }
+    Some((data.as_ptr() as usize - base, len))
+}
+
+/// Obsolete packet block (type 2): interface id u16, drops u16, ts high, ts low, caplen, wirelen.
+fn obsolete(base: usize, body: &[u8], be: bool) -> Option<Packet> {
+    let u16_at = |p: usize| -> Option<u32> {
+        let b = body.get(p..p + 2)?;
+        Some(if be { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) } as u32)
+    };
+    let u32_at = |p: usize| -> Option<u32> {
+        let b: [u8; 4] = body.get(p..p + 4)?.try_into().ok()?;
+        Some(if be { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    };
+    let ifid = u16_at(0)?;
+    let (tsh, tsl, cap) = (u32_at(4)?, u32_at(8)?, u32_at(12)? as usize);
+    let (start, len) = span(base, body.get(20..)?, cap)?;
+    Some(Packet { start, len, source: Source::Iface(ifid, ((tsh as u64) << 32) | tsl as u64) })
+}
+
+enum Step {
+    Block(usize, Kind),
+    End,
+    Refill,
+    Grow,
+    Cut,
+    Damaged(String),
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    LegacyHeader(u32, bool),
+    Section(bool),
+    Interface(u32, u8, i64),
+    Packet(Packet),
+    /// A packet block that cannot be read (bad interface or length): skipped, warned.
+    BadPacket(bool),
+    Other,
+}
+
+fn describe(base: usize, be: bool, block: PcapBlockOwned<'_>) -> Kind {
+    match block {
+        PcapBlockOwned::LegacyHeader(h) => Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision()),
+        PcapBlockOwned::Legacy(b) => match span(base, b.data, b.caplen as usize) {
+            Some((start, len)) => Kind::Packet(Packet { start, len, source: Source::Legacy(b.ts_sec, b.ts_usec) }),
+            None => Kind::BadPacket(true),
+        },
+        PcapBlockOwned::NG(Block::SectionHeader(s)) => Kind::Section(s.big_endian()),
+        PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
+            Kind::Interface(i.linktype.0 as u32 & 0xffff, i.if_tsresol, i.if_tsoffset)
+        }
+        PcapBlockOwned::NG(Block::EnhancedPacket(b)) => match span(base, b.data, b.caplen as usize) {
+            Some((start, len)) => Kind::Packet(Packet {
+                start,
+                len,
+                source: Source::Iface(b.if_id, ((b.ts_high as u64) << 32) | b.ts_low as u64),
+            }),
+            None => Kind::BadPacket(false),
+        },
+        PcapBlockOwned::NG(Block::SimplePacket(b)) => {
+            let cap = (b.origlen as usize).min(b.data.len());
+            match span(base, b.data, cap) {
+                Some((start, len)) => Kind::Packet(Packet { start, len, source: Source::First }),
+                None => Kind::BadPacket(false),
+            }
+        }
+        PcapBlockOwned::NG(Block::Unknown(u)) if u.block_type == 2 => match obsolete(base, u.data, be) {
+            Some(p) => Kind::Packet(p),
+            None => Kind::BadPacket(false),
+        },
+        PcapBlockOwned::NG(_) => Kind::Other,
+    }
+}
