@@ -168,27 +168,25 @@ impl CaptureReader {
                 }
                 Step::Refill => {
                     let before = self.inner.data().len();
-                    if before == 0 && self.inner.reader_exhausted() {
-                        self.done = true;
-                        return None;
+                    if !self.inner.reader_exhausted() {
+                        let refilled = self.inner.refill().map_err(|e| format!("{e:?}"));
+                        if let Err(e) = refilled {
+                            self.warn(format!("read error after {} records ({e})", self.records));
+                            return None;
+                        }
                     }
-                    if self.inner.reader_exhausted() {
-                        let what = if self.format == "pcapng" { "a block" } else { "a packet" };
-                        self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
-                        return None;
-                    }
-                    let refilled = self.inner.refill().map_err(|e| format!("{e:?}"));
-                    if let Err(e) = refilled {
-                        self.warn(format!("read error after {} records ({e})", self.records));
-                        return None;
-                    }
-                    if self.inner.data().len() == before && self.inner.reader_exhausted() {
-                        let what = if self.format == "pcapng" { "a block" } else { "a packet" };
-                        self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
+                    let now = self.inner.data().len();
+                    if self.inner.reader_exhausted() && now == before {
+                        if now == 0 {
+                            self.done = true;
+                        } else {
+                            let what = if self.format == "pcapng" { "a block" } else { "a packet" };
+                            self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
+                        }
                         return None;
                     }
                     // Full buffer and still incomplete: the record is larger than the buffer.
-                    if self.inner.data().len() == before {
+                    if now == before {
                         if self.grown >= MAX_BUFFER || !self.inner.grow(self.grown * 2) {
                             self.warn(self.impossible());
                             return None;
