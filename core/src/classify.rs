@@ -76,6 +76,9 @@ pub struct Stats {
     pub learned: u64,
     pub learned_evicted: u64,
     pub queue_peak: u64,
+    pub flows_anchor: u64,
+    pub flows_port: u64,
+    pub flows_learned: u64,
 }
 
 pub struct Config {
@@ -104,6 +107,10 @@ struct Flow {
     state: Decision,
     head: [u32; 2],
     fin: [bool; 2],
+    /// None until the first payload; then whether it named its host (SNI, HTTP Host).
+    named: Option<bool>,
+    /// What each direction's stream is, for how much of it Python needs (see `Dir`).
+    dirs: [Dir; 2],
     carry: [([u8; CARRY], u8); 2],
 }
 
@@ -350,6 +357,8 @@ impl Classifier {
                 state: Decision::Pending,
                 head: [0; 2],
                 fin: [false; 2],
+                named: None,
+                dirs: [Dir::default(), Dir::default()],
                 carry: [([0; CARRY], 0); 2],
             },
         );
@@ -428,6 +437,18 @@ impl Classifier {
         hit
     }
 
+    /// After the flow's first payload: true unless the initiator named its host in it.
+    fn hostless(&mut self, key: FlowKey, d: usize, payload: &[u8]) -> bool {
+        let f = match self.flows.get_mut(&key) {
+            Some(f) => f,
+            None => return true,
+        };
+        if f.named.is_none() && !payload.is_empty() {
+            f.named = Some(d == 0 && crate::heads::names_its_host(payload));
+        }
+        f.named == Some(false)
+    }
+
     fn learned_pair(&self, a: Addr, b: Addr) -> bool {
         !self.learned.is_empty() && (self.learned.contains(&(a, b)) || self.learned.contains(&(b, a)))
     }
@@ -462,7 +483,7 @@ impl Classifier {
             Decision::Shed => self.stats.shed += 1,
             Decision::Deliver => {
                 let f = self.flows.get_mut(&key).expect("counted flow");
-                let within = f.head[d] < flow_head;
+                let within = f.head[d] < flow_head && f.dirs[d].wanted(t.seq, t.payload);
                 f.head[d] = f.head[d].saturating_add(1);
                 if within || t.syn || t.fin || t.rst {
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);
@@ -471,19 +492,41 @@ impl Classifier {
                 }
             }
             Decision::Pending => {
-                let interesting = self.tcp_ports.contains(&t.dport)
-                    || self.tcp_ports.contains(&t.sport)
-                    || self.learned_pair(src, dst)
-                    || (!t.payload.is_empty() && self.anchor_in(key, d, t.payload));
+                // Segments Python would ignore (its stream for this direction is already
+                // decided) are neither queued nor searched.
+                let wanted = {
+                    let f = self.flows.get_mut(&key).expect("counted flow");
+                    let w = f.head[d] < flow_head && f.dirs[d].wanted(t.seq, t.payload);
+                    f.head[d] = f.head[d].saturating_add(1);
+                    w || t.syn || t.fin || t.rst
+                };
+                let interesting = if !wanted {
+                    false
+                } else if self.tcp_ports.contains(&t.dport) || self.tcp_ports.contains(&t.sport) {
+                    self.stats.flows_port += 1;
+                    true
+                } else if !t.payload.is_empty() && self.anchor_in(key, d, t.payload) {
+                    self.stats.flows_anchor += 1;
+                    true
+                } else if self.hostless(key, d, t.payload) && self.learned_pair(src, dst) {
+                    self.stats.flows_learned += 1;
+                    true
+                } else {
+                    false
+                };
                 let f = self.flows.get_mut(&key).expect("counted flow");
-                f.head[d] = f.head[d].saturating_add(1);
-                let complete = (f.head[0] >= flow_head && f.head[1] >= flow_head) || t.rst || (f.fin[0] && f.fin[1]);
+                let dir_done = |x: usize| f.head[x] >= flow_head || f.dirs[x].done;
+                let complete = (dir_done(0) && dir_done(1)) || t.rst || (f.fin[0] && f.fin[1]);
                 if interesting {
                     self.decide(inst, key, Decision::Deliver);
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);
                 } else {
-                    self.pending.entry(inst).or_insert(Pend { decision: Decision::Pending, refs: 0, key });
-                    self.enqueue(Self::record(ts, linktype, data, Some(c)), Some(inst));
+                    if wanted {
+                        self.pending.entry(inst).or_insert(Pend { decision: Decision::Pending, refs: 0, key });
+                        self.enqueue(Self::record(ts, linktype, data, Some(c)), Some(inst));
+                    } else {
+                        self.stats.shed += 1;
+                    }
                     if complete {
                         self.decide(inst, key, Decision::Shed);
                     }
@@ -552,6 +595,101 @@ impl Classifier {
 
     pub fn prefilter_active(&self) -> bool {
         self.prefiltering()
+    }
+}
+
+/// How much of one direction of a delivered flow Python needs. Python decides a stream
+/// (and ignores the rest of it) once it has: a ClientHello or a server's handshake flight
+/// (TLS: every record up to the first one that is not a handshake record), or 12 bytes of
+/// anything that is neither TLS nor an HTTP request (an HTTP response, another protocol).
+/// HTTP request streams keep going (keep-alive) up to the flow head. Tracking needs the
+/// segments in order; on a gap the direction falls back to the whole flow head.
+#[derive(Default, Clone, Copy)]
+struct Dir {
+    kind: DirKind,
+    next_seq: u32,
+    synced: bool,
+    /// TLS: body bytes of the current record still to skip; header bytes gathered so far.
+    need: u32,
+    hdr: [u8; 5],
+    hlen: u8,
+    bytes: u32,
+    done: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum DirKind {
+    #[default]
+    Unknown,
+    Tls,
+    Http,
+    Other,
+}
+
+const HTTP_METHODS: [&[u8]; 9] =
+    [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"CONNECT ", b"PATCH ", b"TRACE "];
+const DECIDED_AFTER: u32 = 12;
+
+impl Dir {
+    /// Is this segment (of a delivered flow) still needed by Python? Updates the tracking.
+    fn wanted(&mut self, seq: u32, payload: &[u8]) -> bool {
+        if payload.is_empty() {
+            return true;
+        }
+        if self.kind == DirKind::Unknown {
+            self.kind = if payload[0] == 0x16 {
+                DirKind::Tls
+            } else if payload.len() < 8 || HTTP_METHODS.iter().any(|m| payload.starts_with(m) || m.starts_with(payload)) {
+                DirKind::Http // (or too short to tell: keep the whole head)
+            } else {
+                DirKind::Other
+            };
+            self.synced = true;
+            self.next_seq = seq;
+        }
+        if self.synced && seq != self.next_seq {
+            self.synced = false; // a gap, a retransmission, reordering: keep the whole head
+        }
+        self.next_seq = seq.wrapping_add(payload.len() as u32);
+        if !self.synced {
+            return true;
+        }
+        if self.done {
+            return false;
+        }
+        match self.kind {
+            DirKind::Tls => {
+                let mut i = 0;
+                while i < payload.len() {
+                    if self.need > 0 {
+                        let take = (self.need as usize).min(payload.len() - i);
+                        self.need -= take as u32;
+                        i += take;
+                    } else {
+                        self.hdr[self.hlen as usize] = payload[i];
+                        self.hlen += 1;
+                        i += 1;
+                        if self.hlen == 5 {
+                            self.hlen = 0;
+                            if self.hdr[0] != 0x16 {
+                                self.done = true; // this segment ends the handshake flight
+                                break;
+                            }
+                            self.need = u16::from_be_bytes([self.hdr[3], self.hdr[4]]) as u32;
+                        }
+                    }
+                }
+                true
+            }
+            DirKind::Other => {
+                self.bytes = self.bytes.saturating_add(payload.len() as u32);
+                if self.bytes >= DECIDED_AFTER {
+                    self.done = true;
+                }
+                true
+            }
+            DirKind::Http | DirKind::Unknown => true,
+        }
     }
 }
 

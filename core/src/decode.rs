@@ -25,6 +25,7 @@ impl Addr {
 }
 
 pub struct Tcp<'a> {
+    pub seq: u32,
     pub sport: u16,
     pub dport: u16,
     pub syn: bool,
@@ -146,6 +147,7 @@ pub fn decode(linktype: u32, data: &[u8]) -> Decoded<'_> {
     let l4 = match payload.ip_number {
         IpNumber::TCP => match TcpSlice::from_slice(payload.payload) {
             Ok(t) => L4::Tcp(Tcp {
+                seq: t.sequence_number(),
                 sport: t.source_port(),
                 dport: t.destination_port(),
                 syn: t.syn(),

@@ -5,12 +5,14 @@
 //! Python, in batches, in capture order, each with its flow's counters. Python keeps the
 //! meaning: protocol parsers of those frames, matching, evidence, aggregation, outputs.
 //!
-//! No `unsafe` anywhere in this crate.
-#![forbid(unsafe_code)]
+//! No `unsafe` in any parsing code: the one `unsafe` is the read-only file mapping in
+//! `reader::map_file`.
+#![deny(unsafe_code)]
 
 pub mod classify;
 pub mod decode;
 pub mod dns;
+pub mod heads;
 pub mod reader;
 
 #[cfg(feature = "python")]
@@ -79,6 +81,9 @@ mod python {
         d.set_item("learned", s.learned)?;
         d.set_item("learned_evicted", s.learned_evicted)?;
         d.set_item("queue_peak", s.queue_peak)?;
+        d.set_item("flows_anchor", s.flows_anchor)?;
+        d.set_item("flows_port", s.flows_port)?;
+        d.set_item("flows_learned", s.flows_learned)?;
         Ok(d)
     }
 

@@ -31,6 +31,8 @@ pub struct Frame<'a> {
 
 pub struct CaptureReader {
     inner: Box<dyn PcapReaderIterator + Send>,
+    /// Uncompressed files are mapped and parsed in place (no copy, no buffer shifts).
+    mapped: Option<Mapped>,
     pub format: &'static str,
     pub compressed: bool,
     pub records: u64,
@@ -45,6 +47,34 @@ pub struct CaptureReader {
     offset: u64,
     pending_consume: usize,
     broken: Arc<AtomicBool>,
+}
+
+/// Mapped files are read through a window that slides along the file, so the pages of
+/// what was read are dropped (bounded RSS on captures of many GB).
+const WINDOW: usize = 16 << 20;
+const SLACK: usize = MAX_RECORD + 64 * 1024; // a whole record always fits past the position
+
+struct Mapped {
+    file: File,
+    file_len: u64,
+    win_start: u64,
+    map: memmap2::Mmap,
+    pos: usize,
+    /// None until the file header; Some(true) pcapng, Some(false) pcap.
+    ng: Option<bool>,
+    big_endian: bool,
+}
+
+/// Map a capture file read-only. The one `unsafe` of the crate: a mapping is undefined
+/// behaviour only if another process truncates or rewrites the file while it is read
+/// (analysts replay finished captures; a file still being written goes through `--exact`
+/// or the gzip stream path unaffected). No parsing code is unsafe.
+#[allow(unsafe_code)]
+fn map_file(f: &File, offset: u64, len: usize) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: read-only private mapping of a regular file; see the note above.
+    let m = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(f)? };
+    let _ = m.advise(memmap2::Advice::Sequential);
+    Ok(m)
 }
 
 /// A decompressor whose errors end the stream (flagged) instead of failing the reader, so
@@ -69,6 +99,15 @@ impl<R: Read> Read for Tolerant<R> {
     }
 }
 
+fn le_or_be_u32(b: &[u8], be: bool) -> u32 {
+    let a = [b[0], b[1], b[2], b[3]];
+    if be {
+        u32::from_be_bytes(a)
+    } else {
+        u32::from_le_bytes(a)
+    }
+}
+
 fn ts_unit(resol: u8) -> f64 {
     if resol & 0x80 != 0 {
         2f64.powf(-((resol & 0x7f) as f64))
@@ -86,6 +125,29 @@ impl CaptureReader {
         drop(f);
         let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let gz = n == 2 && magic == [0x1f, 0x8b];
+        if !gz {
+            let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+            let file_len = f.metadata().map(|m| if m.is_file() { m.len() } else { 0 }).unwrap_or(0);
+            if file_len > 0 {
+                let first = file_len.min(WINDOW as u64) as usize;
+                if let Ok(map) = map_file(&f, 0, first) {
+                    let head: &[u8] = &map[..map.len().min(4)];
+                    let ng = match head {
+                        [0x0a, 0x0d, 0x0d, 0x0a] => Some(true),
+                        [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0xc3, 0xd4] | [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d] => {
+                            Some(false)
+                        }
+                        _ => None,
+                    };
+                    if ng.is_some() {
+                        let empty: Box<dyn Read + Send> = Box::new(std::io::empty());
+                        let mut r = Self::from_reader_unchecked(empty)?;
+                        r.mapped = Some(Mapped { file: f, file_len, win_start: 0, map, pos: 0, ng: None, big_endian: false });
+                        return Ok(r);
+                    }
+                }
+            }
+        }
         let broken = Arc::new(AtomicBool::new(false));
         let source: Box<dyn Read + Send> = if gz {
             let z = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
@@ -103,6 +165,13 @@ impl CaptureReader {
         self.broken.load(Ordering::Relaxed)
     }
 
+    fn from_reader_unchecked(source: Box<dyn Read + Send>) -> Result<CaptureReader, String> {
+        // A placeholder stream reader (never read) beside a mapped file: a tiny valid header.
+        let _ = source;
+        let hdr: &'static [u8] = &[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0];
+        Self::from_reader(Box::new(hdr), false)
+    }
+
     pub fn from_reader(source: Box<dyn Read + Send>, compressed: bool) -> Result<CaptureReader, String> {
         let inner = match create_reader(START_BUFFER, source) {
             Ok(r) => r,
@@ -115,6 +184,7 @@ impl CaptureReader {
         };
         Ok(CaptureReader {
             inner,
+            mapped: None,
             format: "?",
             compressed,
             records: 0,
@@ -141,6 +211,9 @@ impl CaptureReader {
     /// The next frame, or None at the end of the file (or at damage: see `warning`).
     /// The frame borrows the buffer until the next call.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        if self.mapped.is_some() {
+            return self.next_mapped();
+        }
         loop {
             if self.done {
                 return None;
@@ -252,6 +325,132 @@ impl CaptureReader {
         }
     }
 
+    fn next_mapped(&mut self) -> Option<Frame<'_>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let m = self.mapped.as_mut().expect("mapped source");
+            if m.map.len() - m.pos < SLACK && m.win_start + (m.map.len() as u64) < m.file_len {
+                let at = m.win_start + m.pos as u64;
+                let start = at & !4095;
+                let len = (m.file_len - start).min(WINDOW as u64) as usize;
+                match map_file(&m.file, start, len) {
+                    Ok(map) => {
+                        m.map = map;
+                        m.win_start = start;
+                        m.pos = (at - start) as usize;
+                    }
+                    Err(e) => return self.stop(format!("cannot map the file at offset {at}: {e}")),
+                }
+            }
+            let base = m.map.as_ptr() as usize;
+            let rest = &m.map[m.pos..];
+            if rest.is_empty() {
+                self.done = true;
+                return None;
+            }
+            let (used, kind) = match m.ng {
+                None => match pcap_parser::parse_pcap_header(rest) {
+                    Ok((r, h)) if !h.is_modified_format() => {
+                        m.ng = Some(false);
+                        m.big_endian = h.is_bigendian();
+                        (rest.len() - r.len(), Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision()))
+                    }
+                    _ if rest.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) => {
+                        m.ng = Some(true);
+                        continue;
+                    }
+                    Ok(_) => return self.stop("a modified pcap format this reader does not take".into()),
+                    Err(_) => return self.stop("file ends inside the pcap file header".into()),
+                },
+                Some(false) => {
+                    let res = if m.big_endian {
+                        pcap_parser::parse_pcap_frame_be(rest)
+                    } else {
+                        pcap_parser::parse_pcap_frame(rest)
+                    };
+                    match res {
+                        Ok((r, b)) => (rest.len() - r.len(), describe(base, false, PcapBlockOwned::Legacy(b))),
+                        Err(_) if rest.len() >= 16 && le_or_be_u32(&rest[8..12], m.big_endian) as usize > MAX_RECORD => {
+                            let off = m.win_start as usize + m.pos;
+                            self.offset = off as u64;
+                            return self.stop(self.impossible());
+                        }
+                        Err(_) => {
+                            let (n, off) = (self.records, m.win_start + m.pos as u64);
+                            let what = if rest.len() < 16 { "a record header" } else { "a packet" };
+                            return self.stop(format!("file cut inside {what} after {n} records (offset {off})"));
+                        }
+                    }
+                }
+                Some(true) => {
+                    let be = m.big_endian;
+                    let res = if rest.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+                        pcap_parser::pcapng::parse_sectionheaderblock(rest).map(|(r, s)| (r, Block::SectionHeader(s)))
+                    } else if be {
+                        pcap_parser::pcapng::parse_block_be(rest)
+                    } else {
+                        pcap_parser::pcapng::parse_block_le(rest)
+                    };
+                    match res {
+                        Ok((r, b)) => {
+                            let k = describe(base, be, PcapBlockOwned::NG(b));
+                            if let Kind::Section(sbe) = k {
+                                m.big_endian = sbe;
+                            }
+                            (rest.len() - r.len(), k)
+                        }
+                        Err(e) => {
+                            let (n, off) = (self.records, m.win_start + m.pos as u64);
+                            let msg = match e {
+                                pcap_parser::nom::Err::Incomplete(_) => format!("file cut inside a block after {n} records (offset {off})"),
+                                _ => format!("damaged pcapng block after {n} records at offset {off}; rest of file skipped"),
+                            };
+                            return self.stop(msg);
+                        }
+                    }
+                }
+            };
+            m.pos += used;
+            self.offset = m.win_start + m.pos as u64;
+            match kind {
+                Kind::LegacyHeader(lt, nano) => {
+                    self.format = "pcap";
+                    self.legacy = (lt & 0xffff, if nano { 1e-9 } else { 1e-6 });
+                }
+                Kind::Section(be) => {
+                    self.format = "pcapng";
+                    self.ng_big_endian = be;
+                    self.interfaces.clear();
+                }
+                Kind::Interface(lt, resol, off) => {
+                    if self.interfaces.len() < 65536 {
+                        self.interfaces.push((lt, ts_unit(resol), off));
+                    }
+                }
+                Kind::Packet(p) => {
+                    if self.frame_ok(p) {
+                        return self.frame_of(p);
+                    }
+                    self.bad_block();
+                }
+                Kind::BadPacket(legacy) => {
+                    if legacy {
+                        return self.stop(self.impossible());
+                    }
+                    self.bad_block();
+                }
+                Kind::Other => {}
+            }
+        }
+    }
+
+    fn stop(&mut self, msg: String) -> Option<Frame<'_>> {
+        self.warn(msg);
+        None
+    }
+
     fn frame_ok(&self, p: Packet) -> bool {
         match p.source {
             Source::Iface(ifid, _) => (ifid as usize) < self.interfaces.len(),
@@ -284,7 +483,10 @@ impl CaptureReader {
             }
             Source::First => (0.0, self.interfaces.first()?.0),
         };
-        let data = self.inner.data().get(p.start..p.start + p.len)?;
+        let data = match &self.mapped {
+            Some(m) => m.map.get(p.start..p.start + p.len)?,
+            None => self.inner.data().get(p.start..p.start + p.len)?,
+        };
         self.records += 1;
         Some(Frame { ts, linktype, data })
     }
