@@ -164,3 +164,36 @@ def test_cli_summary_names_the_path():
     r = subprocess.run([sys.executable, "-m", "detector", "replay", "--exact", "pcaps/tls-sni.pcap"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "path: pure Python" in r.stderr
+
+
+@pytest.mark.parametrize("name", [n for n in CAPTURES if "damaged" not in n])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_shares_count_every_packet_once(name, n):
+    """Over all shares, every packet of the file is counted exactly once (delivered, shed or
+    a pure ACK), and the packet total equals the pure-Python reader's."""
+    from detector.capture.pcap import CaptureFile
+
+    path = str(PCAPS / name)
+    with CaptureFile(path) as cf:
+        total = sum(1 for _ in cf)
+    seen = 0
+    m = Detector().matcher
+    for k in range(n):
+        with core.CoreCapture(path, m, part=(k, n) if n > 1 else None) as cc:
+            delivered = sum(1 for r in cc if not r[4])
+            s = cc.stats()
+        assert delivered == s["delivered"]
+        seen += s["packets"] - s["other_share"]
+    assert seen == total
+
+
+def test_short_flow_head_is_reported_not_silent():
+    # 40-byte segments: the ClientHello needs more than 4 packets of its flow.
+    r = subprocess.run([sys.executable, "-m", "detector", "replay", "--flow-head", "4", "pcaps/tls-split-small-mss.pcap"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "tls-sni" not in r.stdout
+    assert "never completed" in r.stderr and "--exact" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "detector", "replay", "pcaps/tls-split-small-mss.pcap"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.stdout.count('"tls-sni"') == 2

@@ -485,7 +485,7 @@ impl Classifier {
                 let f = self.flows.get_mut(&key).expect("counted flow");
                 let within = f.head[d] < flow_head && f.dirs[d].wanted(t.seq, t.payload);
                 f.head[d] = f.head[d].saturating_add(1);
-                if within || t.syn || t.fin || t.rst {
+                if within || t.syn {
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);
                 } else {
                     self.stats.shed += 1;
@@ -498,7 +498,7 @@ impl Classifier {
                     let f = self.flows.get_mut(&key).expect("counted flow");
                     let w = f.head[d] < flow_head && f.dirs[d].wanted(t.seq, t.payload);
                     f.head[d] = f.head[d].saturating_add(1);
-                    w || t.syn || t.fin || t.rst
+                    w || t.syn
                 };
                 let interesting = if !wanted {
                     false
@@ -515,6 +515,9 @@ impl Classifier {
                     false
                 };
                 let f = self.flows.get_mut(&key).expect("counted flow");
+                // A handshake still incomplete at the end of the flow head: hand the head up,
+                // so the summary says the stream never completed (and --exact helps).
+                let interesting = interesting || (wanted && f.head[d] == flow_head && f.dirs[d].cut_short());
                 let dir_done = |x: usize| f.head[x] >= flow_head || f.dirs[x].done;
                 let complete = (dir_done(0) && dir_done(1)) || t.rst || (f.fin[0] && f.fin[1]);
                 if interesting {
@@ -631,6 +634,10 @@ const HTTP_METHODS: [&[u8]; 9] =
 const DECIDED_AFTER: u32 = 12;
 
 impl Dir {
+    fn cut_short(&self) -> bool {
+        self.kind == DirKind::Tls && self.synced && !self.done
+    }
+
     /// Is this segment (of a delivered flow) still needed by Python? Updates the tracking.
     fn wanted(&mut self, seq: u32, payload: &[u8]) -> bool {
         if payload.is_empty() {
