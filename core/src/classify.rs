@@ -34,6 +34,8 @@ pub const MAX_QUEUE_SLOTS: usize = 200_000;
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub const MAX_DELAY: u64 = 100_000; // packets behind the oldest undecided slot
 pub const MAX_LEARNED: usize = 262_144;
+/// Capture-time seconds an undecided flow may hold the queue (live: alert latency).
+pub const MAX_AGE: f64 = 2.0;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Decision {
@@ -122,6 +124,7 @@ struct Pend {
 
 struct Slot {
     rec: Record,
+    ts: f64,
     inst: Option<u64>,
     seq: u64,
 }
@@ -140,6 +143,8 @@ pub struct Classifier {
     queue_bytes: usize,
     pending: AHashMap<u64, Pend>,
     seq: u64,
+    /// The latest capture time seen (or given by `tick`).
+    now: f64,
     learned: AHashSet<(Addr, Addr)>,
     learned_order: VecDeque<(Addr, Addr)>,
     pub stats: Stats,
@@ -183,6 +188,7 @@ impl Classifier {
             queue_bytes: 0,
             pending: AHashMap::new(),
             seq: 0,
+            now: f64::MIN,
             learned: AHashSet::new(),
             learned_order: VecDeque::new(),
             stats: Stats::default(),
@@ -215,7 +221,11 @@ impl Classifier {
                 p.refs += 1;
             }
         }
-        self.queue.push_back(Slot { rec, inst, seq: self.seq });
+        let ts = rec.ts;
+        if ts > self.now {
+            self.now = ts;
+        }
+        self.queue.push_back(Slot { rec, ts, inst, seq: self.seq });
         if self.queue.len() as u64 > self.stats.queue_peak {
             self.stats.queue_peak = self.queue.len() as u64;
         }
@@ -541,8 +551,8 @@ impl Classifier {
     /// Move every frame that is ready (front of the queue, decided) into `out`.
     pub fn drain(&mut self, out: &mut Vec<Record>, max: usize) {
         while out.len() < max {
-            let (inst, seq) = match self.queue.front() {
-                Some(s) => (s.inst, s.seq),
+            let (inst, seq, ts) = match self.queue.front() {
+                Some(s) => (s.inst, s.seq, s.ts),
                 None => return,
             };
             let mut decision = match inst {
@@ -552,7 +562,8 @@ impl Classifier {
             if decision == Decision::Pending {
                 let over = self.queue.len() > MAX_QUEUE_SLOTS
                     || self.queue_bytes > MAX_QUEUE_BYTES
-                    || self.seq.saturating_sub(seq) > MAX_DELAY;
+                    || self.seq.saturating_sub(seq) > MAX_DELAY
+                    || self.now - ts > MAX_AGE;
                 if !over {
                     return;
                 }
@@ -709,6 +720,13 @@ fn flow_key(proto: u8, a: Addr, ap: u16, b: Addr, bp: u16) -> FlowKey {
 }
 
 impl Classifier {
+    /// Live capture, idle link: let time pass so waiting flows are not held back.
+    pub fn tick(&mut self, now: f64) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }

@@ -218,6 +218,15 @@ mod python {
             to_py(py, recs)
         }
 
+        /// Live, between packets: the capture clock moved to `now` (frames waiting longer
+        /// than the core's bound are released).
+        fn tick<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<Bound<'py, PyList>> {
+            self.cls.tick(now);
+            let mut out = Vec::new();
+            self.cls.drain(&mut out, usize::MAX);
+            to_py(py, out)
+        }
+
         /// End of input: everything still waiting.
         fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
             self.cls.finish();
