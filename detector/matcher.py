@@ -117,6 +117,26 @@ class Matcher:
                 node.setdefault(_WILD, []).append((_wildcard_regex(wild), Hit(sig, wild, "wildcard")))
                 self.size += 1
 
+    def dns_tails(self) -> list[list[bytes]] | None:
+        """The last (at most three) literal labels each name pattern ends with: a DNS message
+        none of whose names ends so cannot match (the core's DNS prefilter). None when a
+        pattern has no literal label to end with."""
+        tails: set[tuple[bytes, ...]] = set()
+        for sig in self._sigs:
+            for pattern in (*sig.names, *sig.suffixes, *sig.wildcards):
+                labels = pattern.lower().split(".")
+                literal: list[str] = []
+                for label in reversed(labels):
+                    if "*" in label or "?" in label:
+                        break
+                    literal.insert(0, label)
+                if not literal:
+                    return None
+                tails.add(tuple(x.encode("ascii") for x in literal[-3:]))
+                if len(tails) > MAX_TAILS:
+                    return None
+        return [list(t) for t in sorted(tails)]
+
     def ports(self, proto: int) -> list[int]:
         """Every port a signature names for this IP protocol (6 or 17), for the core's prefilter."""
         return sorted(p for (pr, p) in self._ports if pr == proto)
@@ -164,6 +184,7 @@ class Matcher:
 
 
 MAX_ANCHORS = 64
+MAX_TAILS = 4096
 
 
 def _anchors(signatures: SignatureSet) -> tuple[bytes, ...] | None:

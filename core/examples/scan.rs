@@ -15,6 +15,7 @@ fn main() {
     let mut r = CaptureReader::open(&path).expect("open");
     let mut c = Classifier::new(Config {
         anchors: Some(anchors),
+        tails: Some(vec![vec![b"kaspersky".to_vec(), b"com".to_vec()]]),
         tcp_ports: vec![13000, 14000],
         udp_ports: vec![13000],
         flow_head: 16,

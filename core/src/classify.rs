@@ -86,6 +86,9 @@ pub struct Stats {
 pub struct Config {
     /// DNS wire anchors (length byte + label); None: no prefilter, everything is a candidate.
     pub anchors: Option<Vec<Vec<u8>>>,
+    /// The last labels every signature pattern ends with (lower case); DNS messages with
+    /// no name ending so stay in the core. None: no such filter.
+    pub tails: Option<Vec<Vec<Vec<u8>>>>,
     pub tcp_ports: Vec<u16>,
     pub udp_ports: Vec<u16>,
     pub flow_head: u32,
@@ -200,10 +203,15 @@ impl Classifier {
     }
 
     fn dns_anchored(&self, p: &[u8]) -> bool {
-        match &self.dns_ac {
+        let anchored = match &self.dns_ac {
             Some(ac) => ac.is_match(p),
             None => true,
-        }
+        };
+        anchored
+            && match &self.cfg.tails {
+                Some(t) => dns::may_name_a_tail(p, t),
+                None => true,
+            }
     }
 
     fn mine(&self, share: Option<(u8, u8)>) -> bool {

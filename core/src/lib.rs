@@ -24,8 +24,10 @@ mod python {
     use crate::classify::{Classifier, Config, Record, Stats};
     use crate::reader::CaptureReader;
 
+    #[allow(clippy::too_many_arguments)]
     fn config(
         anchors: Option<Vec<Vec<u8>>>,
+        tails: Option<Vec<Vec<Vec<u8>>>>,
         tcp_ports: Vec<u16>,
         udp_ports: Vec<u16>,
         flow_head: u32,
@@ -40,7 +42,7 @@ mod python {
         if flow_head == 0 || max_flows == 0 {
             return Err(PyValueError::new_err("flow_head and max_flows must be positive"));
         }
-        Ok(Config { anchors, tcp_ports, udp_ports, flow_head, max_flows, part })
+        Ok(Config { anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part })
     }
 
     fn to_py<'py>(py: Python<'py>, recs: Vec<Record>) -> PyResult<Bound<'py, PyList>> {
@@ -98,7 +100,8 @@ mod python {
     #[pymethods]
     impl Scanner {
         #[new]
-        #[pyo3(signature = (path, anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000, part=None))]
+        #[pyo3(signature = (path, anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000, part=None, tails=None))]
+        #[allow(clippy::too_many_arguments)]
         fn new(
             path: &str,
             anchors: Option<Vec<Vec<u8>>>,
@@ -107,8 +110,9 @@ mod python {
             flow_head: u32,
             max_flows: usize,
             part: Option<(u32, u32)>,
+            tails: Option<Vec<Vec<Vec<u8>>>>,
         ) -> PyResult<Self> {
-            let cfg = config(anchors, tcp_ports, udp_ports, flow_head, max_flows, part)?;
+            let cfg = config(anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part)?;
             let reader = CaptureReader::open(path).map_err(|e| PyOSError::new_err(format!("{path}: {e}")))?;
             Ok(Scanner { reader, cls: Classifier::new(cfg), finished: false })
         }
@@ -194,15 +198,17 @@ mod python {
     #[pymethods]
     impl PyClassifier {
         #[new]
-        #[pyo3(signature = (anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000))]
+        #[pyo3(signature = (anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000, tails=None))]
         fn new(
             anchors: Option<Vec<Vec<u8>>>,
             tcp_ports: Vec<u16>,
             udp_ports: Vec<u16>,
             flow_head: u32,
             max_flows: usize,
+            tails: Option<Vec<Vec<Vec<u8>>>>,
         ) -> PyResult<Self> {
-            Ok(PyClassifier { cls: Classifier::new(config(anchors, tcp_ports, udp_ports, flow_head, max_flows, None)?) })
+            let cfg = config(anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, None)?;
+            Ok(PyClassifier { cls: Classifier::new(cfg) })
         }
 
         /// Feed `(ts, linktype, frame)` tuples; returns the records now ready.

@@ -52,6 +52,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 fn classifier() -> Classifier {
     Classifier::new(Config {
         anchors: Some(vec![b"\x09kaspersky".to_vec(), b"\x03avp".to_vec()]),
+        tails: Some(vec![vec![b"kaspersky".to_vec(), b"com".to_vec()], vec![b"avp".to_vec(), b"ru".to_vec()]]),
         tcp_ports: vec![13000, 14000],
         udp_ports: vec![13000],
         flow_head: 4,

@@ -81,6 +81,7 @@ class CoreCapture:
                 flow_head=flow_head,
                 max_flows=max_flows,
                 part=part,
+                tails=matcher.dns_tails(),
             )
         except OSError as exc:
             raise CaptureError(str(exc)) from None
