@@ -201,9 +201,9 @@ def main() -> int:
         return ["tcpdump", "-n", "-r", pcap, "-w", "/dev/null", BPF]
 
     def prepare(tool: str, tag: str = "") -> None:
-        for out in (det_out, py_out):
-            if tool.startswith("detector") and os.path.exists(tagged(out, tag)):
-                os.unlink(tagged(out, tag))  # --output appends
+        out = {"detector": det_out, "detector-python": py_out}.get(tool)
+        if out and os.path.exists(tagged(out, tag)):
+            os.unlink(tagged(out, tag))  # --output appends
         if tool == "suricata":
             shutil.rmtree(tagged(sur_dir, tag), ignore_errors=True)
             os.makedirs(tagged(sur_dir, tag))
