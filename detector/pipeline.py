@@ -507,51 +507,51 @@ class Detector:
             txns[(src, sport, dst, dport, msg.id)] = None
             if len(txns) > MAX_DNS_TXNS:
                 txns.popitem(last=False)
-            for qname, qtype in msg.questions:
-                detail = {"type": "query", "id": msg.id, "rrname": qname, "rrtype": qtype}
-                self._observe(ts, Evidence.DNS_QUERY, qname, src, sport, dst, dport, proto, detail, vlans)
+            for q in msg.questions:
+                detail = {"type": "query", "id": msg.id, "rrname": q.name, "rrtype": q.rrtype}
+                self._observe(ts, Evidence.DNS_QUERY, q.name, src, sport, dst, dport, proto, detail, vlans, labels=q.labels)
             return
         # A response: the client is the destination.
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
         answered = msg.rcode == "NOERROR" and bool(msg.answers)
         if answered:
             self._dns_answered(ts, dst, msg, query_seen)
-        qname, qtype = msg.questions[0] if msg.questions else ("", "")
+        qname, qtype = (msg.questions[0].name, msg.questions[0].rrtype) if msg.questions else ("", "")
         answers = [
             {"rrname": a.rrname, "rrtype": a.rrtype, "ttl": a.ttl, "rdata": a.rdata}
             for a in msg.answers[:MAX_EVIDENCE_ANSWERS]
         ]
         base = {"type": "answer", "id": msg.id, "rrname": qname, "rrtype": qtype, "rcode": msg.rcode, "answers": answers}
-        names: dict[str, None] = {}
-        qnames = {q.lower().rstrip(".") for q, _ in msg.questions}
+        names: dict[dnsp.Labels, None] = {}
+        qnames = {tuple(x.lower() for x in q.labels) for q in msg.questions}
         strength = Strength.COMPLETED if answered else Strength.WEAK
         if not query_seen:  # only the answer was captured: its question is still evidence
-            for q, _ in msg.questions:
-                self._observe(ts, Evidence.DNS_QUERY, q, dst, dport, src, sport, proto, base, vlans, strength)
+            for q in msg.questions:
+                self._observe(ts, Evidence.DNS_QUERY, q.name, dst, dport, src, sport, proto, base, vlans, strength, q.labels)
         for a in msg.answers:
-            for n in (a.rrname, a.target):
-                if n and n.lower().rstrip(".") not in qnames:
+            for n in (a.rrname_labels, a.target_labels):
+                if n and tuple(x.lower() for x in n) not in qnames:
                     names[n] = None
         for n in names:
-            self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans, Strength.COMPLETED)
+            self._observe(ts, Evidence.DNS_ANSWER, dnsp.name_text(n), dst, dport, src, sport, proto, base, vlans,
+                          Strength.COMPLETED, n)
 
     def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool) -> None:
         """An answer with records: upgrade the query's alert, and learn the addresses a
         Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
-        chain = [q for q, _ in msg.questions] + [a.target for a in msg.answers if a.target]
-        for name in chain:
-            hit = self.matcher.lookup(name)
+        chain = [q.labels for q in msg.questions] + [a.target_labels for a in msg.answers if a.target_labels]
+        for labels in chain:
+            hit = self.matcher.lookup_labels(labels)
             if hit is None:
                 continue
             if query_seen:
-                for q, _ in msg.questions:
-                    qhit = self.matcher.lookup(q)
+                for q in msg.questions:
+                    qhit = self.matcher.lookup_labels(q.labels)
                     if qhit is not None:
-                        self._upgrade(ts, (client, qhit.signature.id, q.lower().rstrip("."), Evidence.DNS_QUERY.value), Strength.COMPLETED)
-            hostname = name.lower().rstrip(".")
+                        self._upgrade(ts, (client, qhit.signature.id, qhit.name, Evidence.DNS_QUERY.value), Strength.COMPLETED)
             for a in msg.answers:
                 if a.rrtype in _ADDR_TYPES:
-                    self.learned.learn(client, a.rdata, ts, a.ttl, hostname, hit, count=not self._quiet)
+                    self.learned.learn(client, a.rdata, ts, a.ttl, hit.name, hit, count=not self._quiet)
             return
 
     # -- matching ----------------------------------------------------------------------
@@ -568,8 +568,10 @@ class Detector:
         detail: dict,
         vlans: tuple[int, ...],
         strength: Strength = Strength.WEAK,
+        labels: dnsp.Labels | None = None,
     ) -> Match | None:
-        hit = self.matcher.lookup(name)
+        """``labels``: the name's wire labels (DNS), matched as labels; else the name's text."""
+        hit = self.matcher.lookup(name) if labels is None else self.matcher.lookup_labels(labels)
         if hit is None:
             return None
         return self._emit(ts, evidence, hit.name, hit.signature, hit.pattern, client, cport, server, sport, proto, detail, vlans, strength)
