@@ -52,6 +52,7 @@ class Stats:
     shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
     ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
     dns_prefiltered: int = 0  # DNS messages holding no vendor label: not parsed
+    dns_cut: int = 0  # DNS messages the snaplen cut, read as far as their bytes go
     tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
@@ -69,6 +70,7 @@ class Stats:
         self.shed += other.shed
         self.ech += other.ech
         self.dns_prefiltered += other.dns_prefiltered
+        self.dns_cut += other.dns_cut
         self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
@@ -229,7 +231,10 @@ class Detector:
         if proto == IPProto.TCP:
             self._tcp(ts, src, dst, l4, vlans)
         elif proto == IPProto.UDP:
-            sport, dport, payload = transport.udp(l4)
+            cut = self.ip.cut  # the snaplen cut the datagram: only DNS can use what is left
+            sport, dport, payload = transport.udp(l4, bool(cut))
+            if cut and sport != DNS_PORT and dport != DNS_PORT:
+                raise DecodeError("truncated-ipv4" if version == 4 else "truncated-ipv6")
             if dport in tunnel.TUNNEL_UDP_PORTS:
                 inner = tunnel.decapsulate_udp(dport, payload)
                 if inner is None:
@@ -238,7 +243,7 @@ class Detector:
                     self._tunnel(ts, "vxlan" if dport == 4789 else "geneve", inner, depth)
             elif sport == DNS_PORT or dport == DNS_PORT:
                 st.inspected += 1
-                self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans)
+                self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans, bool(cut))
             elif quicp.looks_like_quic_initial(payload):
                 st.inspected += 1
                 self._quic(ts, src, sport, dst, dport, payload, vlans)
@@ -464,10 +469,16 @@ class Detector:
         return False
 
     # -- DNS ---------------------------------------------------------------------------
-    def _dns(self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...]) -> None:
+    def _dns(
+        self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...],
+        cut: bool = False,
+    ) -> None:
         if self._no_anchor(payload):
             return
-        self._dns_message(ts, src, sport, dst, dport, proto, self._parse_dns(payload), vlans)
+        msg = dnsp.parse_message(payload, cut=True) if cut else self._parse_dns(payload)
+        if cut:
+            self.stats.dns_cut += 1
+        self._dns_message(ts, src, sport, dst, dport, proto, msg, vlans)
 
     def _parse_dns(self, wire: bytes) -> dnsp.DnsMessage:
         """dnspython parses each distinct message once: the same question (or the same
@@ -509,11 +520,14 @@ class Detector:
                 txns.popitem(last=False)
             for q in msg.questions:
                 detail = {"type": "query", "id": msg.id, "rrname": q.name, "rrtype": q.rrtype}
+                if msg.truncated:
+                    detail["truncated"] = True
                 self._observe(ts, Evidence.DNS_QUERY, q.name, src, sport, dst, dport, proto, detail, vlans, labels=q.labels)
             return
         # A response: the client is the destination.
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
-        answered = msg.rcode == "NOERROR" and bool(msg.answers)
+        # NOERROR with records; when the snaplen cut them, the header still counts them
+        answered = msg.rcode == "NOERROR" and bool(msg.answers or msg.answer_count)
         if answered:
             self._dns_answered(ts, dst, msg, query_seen)
         qname, qtype = (msg.questions[0].name, msg.questions[0].rrtype) if msg.questions else ("", "")
@@ -522,6 +536,8 @@ class Detector:
             for a in msg.answers[:MAX_EVIDENCE_ANSWERS]
         ]
         base = {"type": "answer", "id": msg.id, "rrname": qname, "rrtype": qtype, "rcode": msg.rcode, "answers": answers}
+        if msg.truncated:
+            base["truncated"] = True
         names: dict[dnsp.Labels, None] = {}
         qnames = {tuple(x.lower() for x in q.labels) for q in msg.questions}
         strength = Strength.COMPLETED if answered else Strength.WEAK

@@ -57,6 +57,8 @@ def render(det: Detector, run: RunInfo) -> str:
     if st.skipped:
         lines.append(f"not inspected (no IP, or not TCP/UDP): {_counts(st.skipped)}")
     lines.append(f"packets inspected by a parser: {st.inspected:,} of {st.ip_packets:,} IP packets")
+    if st.dns_cut:
+        lines.append(f"DNS messages cut by the snaplen, names read from what was captured: {st.dns_cut:,}")
     if st.dns_prefiltered:
         lines.append(f"DNS messages holding no signature's label, not parsed further: {st.dns_prefiltered:,}")
     total = sum(st.alerts.values())

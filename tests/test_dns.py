@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
@@ -276,3 +278,42 @@ def test_fuzz_split_tcp(data: bytes) -> None:
         return
     assert 0 <= used <= len(data)
     assert used == sum(len(m) + 2 for m in msgs)
+
+
+# -- messages cut by the snaplen --------------------------------------------------------------
+def test_every_cut_of_an_answer_gives_only_whole_names() -> None:
+    """Cut a CNAME-chain answer (with an EDNS OPT record) at every length: the names read
+    are those whose record lies whole in the bytes kept, in order, and the message says
+    it was cut; before the question is whole, nothing is read."""
+    r = cname_response()
+    r.use_edns(0)
+    wire = wire_of(r)
+    full = parse_message(wire)
+    q_end = 12 + len(dns.name.from_text("www.benign.example").to_wire()) + 4
+    seen_answers = 0
+    for n in range(12, len(wire) + 1):
+        try:
+            msg = parse_message(wire[:n], cut=True)
+        except DecodeError:
+            assert n < q_end
+            continue
+        assert n >= q_end
+        assert msg.truncated and msg.id == 7 and msg.qr
+        assert msg.questions == full.questions
+        assert msg.answers == full.answers[: len(msg.answers)]
+        assert len(msg.answers) >= seen_answers  # more bytes never give fewer records
+        seen_answers = len(msg.answers)
+    assert seen_answers == len(full.answers)
+
+
+def test_a_query_cut_inside_its_opt_record_keeps_its_question() -> None:
+    q = query()
+    q.use_edns(0, options=[dns.edns.GenericOption(10, b"\x01" * 8)])  # a client cookie, as dig sends
+    wire = wire_of(q)
+    q_end = 12 + len(dns.name.from_text("activation-v2.kaspersky.com").to_wire()) + 4
+    with pytest.raises(DecodeError):
+        parse_message(wire[: q_end - 1], cut=True)
+    for n in range(q_end, len(wire)):
+        msg = parse_message(wire[:n], cut=True)
+        assert [x[:2] for x in msg.questions] == [("activation-v2.kaspersky.com", "A")]
+        assert msg.truncated and not msg.answers

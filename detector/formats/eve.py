@@ -89,7 +89,7 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if sig.source_urls:
         meta["source_url"] = list(sig.source_urls)
-    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence"):
+    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated"):
         val = obs.detail.get(key)
         if val:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]

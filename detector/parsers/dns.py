@@ -14,6 +14,10 @@ labels joined by dots: the canonical form every evidence kind shares (a TLS SNI 
 same bytes reads the same).  It is not DNS presentation format: a space stays a space, a
 backslash one backslash, a dot byte inside a label a dot (the labels, not the text, say
 where a label ends).
+
+A message cut short by the capture's snaplen (``parse_message(wire, cut=True)``) is read as
+far as its bytes go: every question, and every answer record that lies whole in the
+captured bytes; ``DnsMessage.truncated`` says so.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from ..errors import DecodeError
 
 MAX_ANSWERS = 64  # records kept per message for evidence; more are counted, not kept
+MAX_QUESTIONS = 16  # questions read from a cut message (real ones hold one)
 
 Labels = tuple[str, ...]
 
@@ -77,6 +83,8 @@ class DnsMessage:
     flags: int
     questions: tuple[DnsQuestion, ...]
     answers: tuple[DnsAnswer, ...]
+    truncated: bool = False  # cut by the snaplen: only what lay whole in the captured bytes
+    answer_count: int = 0  # a cut message: the answer records its header counts (some may be cut)
 
 
 def _target(rd: object) -> Labels | None:
@@ -109,10 +117,13 @@ def _question(n: dns.name.Name, rdtype: int) -> DnsQuestion:
     return DnsQuestion(name_text(labels), dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)), labels)
 
 
-def parse_message(wire: bytes) -> DnsMessage:
+def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
+    """``cut``: the capture's snaplen cut the datagram, so ``wire`` may end anywhere."""
     if len(wire) < 12:
         raise DecodeError("dns-truncated-header")
     try:
+        if cut:
+            return _parse_cut(wire)
         # A query (QR clear) needs only its question: parsing nothing else is much cheaper.
         query = not wire[2] & 0x80
         msg = dns.message.from_wire(wire, ignore_trailing=True, continue_on_error=True, question_only=query)
@@ -144,6 +155,55 @@ def parse_message(wire: bytes) -> DnsMessage:
         # dnspython is strict about well-formed input; anything else on hostile bytes is
         # still just a malformed message to us.
         raise DecodeError("dns-malformed", type(exc).__name__) from None
+
+
+def _parse_cut(wire: bytes) -> DnsMessage:
+    """A message the snaplen cut: the header, then questions and answer records for as long
+    as each lies whole in ``wire`` (a name's compression pointers must point into it too).
+    The first record that runs past the end stops the read; nothing after it is guessed."""
+    ident, flags, qdcount, ancount = (int.from_bytes(wire[i : i + 2], "big") for i in (0, 2, 4, 6))
+    pos = 12
+    questions: list[DnsQuestion] = []
+    answers: list[DnsAnswer] = []
+    try:
+        for _ in range(min(qdcount, MAX_QUESTIONS)):
+            n, used = dns.name.from_wire(wire, pos)
+            if pos + used + 4 > len(wire):
+                raise DecodeError("dns-cut")
+            rdtype = int.from_bytes(wire[pos + used : pos + used + 2], "big")
+            questions.append(_question(n, rdtype))
+            pos += used + 4
+        if flags & 0x8000:
+            for _ in range(min(ancount, MAX_ANSWERS)):
+                n, used = dns.name.from_wire(wire, pos)
+                p = pos + used
+                if p + 10 > len(wire):
+                    raise DecodeError("dns-cut")
+                rdtype = int.from_bytes(wire[p : p + 2], "big")
+                rdclass = int.from_bytes(wire[p + 2 : p + 4], "big")
+                ttl = int.from_bytes(wire[p + 4 : p + 8], "big")
+                rdlen = int.from_bytes(wire[p + 8 : p + 10], "big")
+                if p + 10 + rdlen > len(wire):
+                    raise DecodeError("dns-cut")
+                rd = dns.rdata.from_wire(dns.rdataclass.RdataClass.make(rdclass), dns.rdatatype.RdataType.make(rdtype),
+                                         wire, p + 10, rdlen)
+                answers.append(_answer(n, rdtype, ttl, rd))
+                pos = p + 10 + rdlen
+    except (DecodeError, dns.exception.DNSException, ValueError, IndexError):
+        pass  # the rest lies beyond the captured bytes (or is damaged): what was read stands
+    if not questions and not answers:
+        raise DecodeError("dns-cut-before-a-name")
+    return DnsMessage(
+        id=ident,
+        qr=bool(flags & 0x8000),
+        opcode=(flags >> 11) & 0xF,
+        rcode=dns.rcode.to_text(dns.rcode.Rcode.make(flags & 0xF)),
+        flags=flags,
+        questions=tuple(questions),
+        answers=tuple(answers),
+        truncated=True,
+        answer_count=ancount,
+    )
 
 
 def split_tcp(stream: bytes) -> tuple[list[bytes], int]:
