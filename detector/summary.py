@@ -91,6 +91,7 @@ def render(det: Detector, run: RunInfo) -> str:
         f"state: {sc['streams']:,} TCP streams tracked, {sc['streams_evicted']:,} evicted "
         f"({sc['streams_evicted_undecided']:,} undecided); IP fragments {sc['fragments']:,}, "
         f"{sc['reassembled']:,} datagrams reassembled, {sc['frag_evicted']:,} incomplete dropped; "
-        f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early"
+        f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early; "
+        f"flow counters: {sc['flow_counters']:,} flows, {sc['flow_counters_evicted']:,} evicted"
     )
     return "\n".join(lines) + "\n"

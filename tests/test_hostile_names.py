@@ -169,7 +169,7 @@ def read_eve(recs: list[bytes]) -> Counter:
         assert len(m["evidence"]) == 1 and len(m["hostname"]) == 1
         kind, host = m["evidence"][0], m["hostname"][0]
         sent = SENT_TEXT[(kind, host)]
-        assert (doc["dns"]["rrname"] if kind == DNS_QUERY else doc["tls"]["sni"]) == sent
+        assert (doc["dns"]["query"][0]["rrname"] if kind == DNS_QUERY else doc["tls"]["sni"]) == sent
         assert doc["src_ip"] == CLIENT
         out[(kind, host)] += 1
         docs.append((kind, doc))
