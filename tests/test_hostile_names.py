@@ -323,8 +323,13 @@ def test_ground_truth_is_what_the_clients_sent():
     assert any(b"\xe2\x80\xae" in n for n in sni_names) and "\u202e" in "".join(r["sent_text"] for r in sent)
 
 
-def test_dns_and_sni_alerts_carry_the_same_string():
+def test_dns_and_sni_alerts_carry_the_same_string(records):
     """One name, sent by dig and by openssl s_client: both alerts read the same."""
+    shown: dict[str, set[str]] = {DNS_QUERY: set(), TLS_SNI: set()}
+    for rec in records["eve"]:
+        doc = json.loads(rec)
+        kind = doc["alert"]["metadata"]["evidence"][0]
+        shown[kind].add(doc["dns"]["query"][0]["rrname"] if kind == DNS_QUERY else doc["tls"]["sni"])
     by_what: dict[str, dict[str, str]] = {}
     for r in TRUTH["sent"]:
         by_what.setdefault(r["what"], {})[r["kind"]] = r["sent_text"]
@@ -334,6 +339,7 @@ def test_dns_and_sni_alerts_carry_the_same_string():
         if "\x00" in kinds[DNS_QUERY]:
             continue  # the SNI was sent without the NUL (no client can send it)
         assert kinds[DNS_QUERY] == kinds[TLS_SNI], what
+        assert kinds[DNS_QUERY] in shown[DNS_QUERY] and kinds[TLS_SNI] in shown[TLS_SNI], what
 
 
 def test_names_sent_with_dots_inside_a_label_raise_no_alert(records):
