@@ -44,15 +44,6 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------------------
 # 1. peers
 # ---------------------------------------------------------------------------
-mirror_host() {  # the Debian mirror this machine already uses (deb822 or one-line format)
-    local u
-    u=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    if [ -z "$u" ]; then
-        u=$(awk '$1 == "deb" && $0 ~ /bookworm/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    fi
-    echo "${u:-http://deb.debian.org/debian}"
-}
-
 suricata_ok() { command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -q 'version 7\.'; }
 
 if [ "$INSTALL" = 1 ]; then
@@ -61,27 +52,14 @@ if [ "$INSTALL" = 1 ]; then
                 curl:curl openssl:openssl ethtool:ethtool ip:iproute2 tc:iproute2; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
     done
-    if ! suricata_ok || [ ${#need[@]} -gt 0 ]; then
+    if [ ${#need[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
-        if ! suricata_ok; then
-            url=$(mirror_host)
-            line="deb $url bookworm-backports main"
-            if ! grep -qsF "$line" /etc/apt/sources.list.d/backports.list; then
-                log "adding bookworm-backports ($url) in /etc/apt/sources.list.d/backports.list"
-                echo "$line" >/etc/apt/sources.list.d/backports.list
-            fi
-        fi
         log "apt-get update"
         apt-get update -qq
-        if [ ${#need[@]} -gt 0 ]; then
-            log "installing ${need[*]}"
-            apt-get install -y -qq "${need[@]}" >/dev/null
-        fi
-        if ! suricata_ok; then
-            log "installing suricata from bookworm-backports"
-            apt-get install -y -qq -t bookworm-backports suricata >/dev/null
-        fi
+        log "installing ${need[*]}"
+        apt-get install -y -qq "${need[@]}" >/dev/null
     fi
+    bash "$REPO/packaging/install-suricata.sh"   # Suricata 7 from bookworm-backports
 fi
 suricata_ok || die "Suricata 7 is not installed (drop --no-install)"
 command -v tcpdump >/dev/null && command -v tshark >/dev/null || die "tcpdump/tshark missing"

@@ -26,7 +26,7 @@ the benchmark capture), and tls.sni is the raw SNI, so every TLS and HTTP rule h
 for the trailing-dot spelling (``content:"name."``, ``".suffix."``, pcre ``\\.$``).  DNS
 names have no trailing dot.  (http.host also rejects ``nocase``: the buffer is lower case.)
 
-sid = signature id * 1000 + protocol base (dns 0, tls 300, http 600) + rule number within
+sid = signature id * 1000 + protocol base (dns 0, tls 300, http 600, quic 900) + rule number within
 that signature and protocol.  When a pack's ids are too large for that (Suricata sids are
 32-bit), rules are numbered from --sid-base instead.  Either way the map file written next
 to the rules (``<rules>.map.json``) gives, for every sid, the signature id, protocol, pattern
@@ -53,8 +53,10 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_lib  # noqa: E402
 
-PROTOS = {"dns": ("dns", "dns.query", 0), "tls": ("tls", "tls.sni", 300), "http": ("http", "http.host", 600)}
-TRAILING_DOT = {"dns": False, "tls": True, "http": True}
+PROTOS = {"dns": ("dns", "dns.query", 0), "tls": ("tls", "tls.sni", 300), "http": ("http", "http.host", 600),
+          "quic": ("quic", "quic.sni", 900)}
+BENCH_PROTOS = ("dns", "tls", "http")  # the benchmark's config has Suricata's QUIC parser off
+TRAILING_DOT = {"dns": False, "tls": True, "http": True, "quic": True}
 CONFIG = os.path.join(bench_lib.HERE, "suricata-bench.yaml")
 SID_MAX = 0xFFFFFFFF
 
@@ -87,21 +89,22 @@ def rule_bodies(kind: str, pattern: str, proto: str) -> list[tuple[str, str]]:
     return out
 
 
-def build(sigset, sid_base: int | None = None) -> tuple[list[str], dict[int, dict]]:
+def build(sigset, sid_base: int | None = None, protos: tuple[str, ...] = BENCH_PROTOS) -> tuple[list[str], dict[int, dict]]:
     rules: list[str] = []
     smap: dict[int, dict] = {}
     per_sig = max(1000, 1)
     use_offsets = sid_base is None and all(s.id * per_sig + 999 <= SID_MAX for s in sigset)
     seq = sid_base or 1_000_000_000
     for sig in sigset:
-        for proto, (hdr, _buf, base) in PROTOS.items():
+        for proto in protos:
+            hdr, _buf, base = PROTOS[proto]
             n = 0
             for kind in ("names", "suffixes", "wildcards"):
                 for pattern in getattr(sig, kind):
                     for variant, body in rule_bodies(kind, pattern, proto):
                         if use_offsets:
-                            if n >= 300:
-                                raise SystemExit(f"signature {sig.id}: more than 300 {proto} rules; use --sid-base")
+                            if n >= (100 if proto == "quic" else 300):
+                                raise SystemExit(f"signature {sig.id}: too many {proto} rules; use --sid-base")
                             sid = sig.id * per_sig + base + n
                         else:
                             sid = seq

@@ -10,60 +10,72 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .signatures import Signature, SignatureSet
 
-_TERMINAL = "\x00"  # trie key holding (signature, pattern) for a suffix ending here
-_WILD = "\x01"  # trie key holding wildcard entries whose literal part ends here
+# Trie keys that are not labels (labels are str; these are ints, so no label, not even one
+# made of a NUL byte, can reach them).
+_TERMINAL = 0  # trie key holding (signature, pattern) for a suffix ending here
+_WILD = 1  # trie key holding wildcard entries whose literal part ends here
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-# Text limits: a DNS name in presentation form writes an odd byte as \DDD (four characters),
-# so a 63-byte label can take 252 characters and a 253-byte name 1012.
+# Text limits.  A name is written in the canonical form (``hostname.text``): its bytes as
+# UTF-8, each byte that is not valid UTF-8 as ``\xNN`` (four characters), so a 63-byte
+# label can take 252 characters and a 253-byte name 1012.
 MAX_LABEL_TEXT = 63 * 4
 MAX_NAME_TEXT = 253 * 4
-_ESCAPED = re.compile(r"\\(?:\d{3}|.)", re.S)
+# A dot byte inside a DNS label (sent as ``\.`` in presentation format) is not a label
+# boundary.  The displayed name shows it as the dot it is, but the string the index is
+# searched with writes it as this character, which no signature pattern holds: such a
+# label can only stand left of a matched suffix, never spell one of its labels.
+DOT_IN_LABEL = "\x00"
 
 
-def split_labels(name: str) -> list[str]:
-    """Labels of a name; a dot written ``\\.`` (presentation format) stays inside its label."""
-    if "\\" not in name:
-        return name.split(".")
-    labels, cur, pos = [], [], 0
-    while pos < len(name):
-        m = _ESCAPED.match(name, pos)
-        if m:
-            cur.append(m.group(0))
-            pos = m.end()
-        elif name[pos] == ".":
-            labels.append("".join(cur))
-            cur, pos = [], pos + 1
-        else:
-            cur.append(name[pos])
-            pos += 1
-    labels.append("".join(cur))
-    return labels
+def _lower(name: str) -> str:
+    return name.translate(_ASCII_LOWER)
 
 
 def normalise(name: str) -> str | None:
     """ASCII letters lower-cased, one trailing dot removed; None if not a usable name.
 
-    Only ASCII is folded: folding Unicode case would let look-alikes match (the Kelvin sign
-    lower-cases to ``k``), so a name must spell the signature's labels in ASCII to match.
-    The labels *left* of a matched suffix may hold anything a hostile sender put there
-    (``|``, ``=``, quotes, control characters, invalid UTF-8 shown as ``\\xNN``): the name
-    still lies under the vendor's domain, and every output format escapes it.
+    ``name`` is a host name in the canonical form (a TLS/QUIC SNI, an HTTP Host, a
+    certificate name): labels are separated by dots.  Only ASCII is folded: folding
+    Unicode case would let look-alikes match (the Kelvin sign lower-cases to ``k``), so a
+    name must spell the signature's labels in ASCII to match.  The labels *left* of a
+    matched suffix may hold anything a hostile sender put there (``|``, ``=``, quotes,
+    backslashes, control characters, invalid UTF-8 shown as ``\\xNN``): the name still
+    lies under the vendor's domain, and every output format escapes it.
     """
     if not name or len(name) > MAX_NAME_TEXT:
         return None
-    n = name.translate(_ASCII_LOWER)
-    if n.endswith(".") and not n.endswith("\\."):
+    n = _lower(name)
+    if n.endswith("."):
         n = n[:-1]
     if not n:
         return None
-    for label in split_labels(n):
+    for label in n.split("."):
         if not label or len(label) > MAX_LABEL_TEXT:
             return None
     return n
+
+
+def normalise_labels(labels: Sequence[str]) -> tuple[str, str] | None:
+    """A name given as its wire labels (DNS), each in the canonical form, the root label
+    left out: (the displayed name, the key the index is searched with), both lower-cased;
+    None if not a usable name.  The two differ only when a label holds a dot."""
+    if not labels:
+        return None
+    low = [_lower(x) for x in labels]
+    for label in low:
+        if not label or len(label) > MAX_LABEL_TEXT:
+            return None
+    shown = ".".join(low)
+    if len(shown) > MAX_NAME_TEXT:
+        return None
+    if any("." in x for x in low):
+        return shown, ".".join(x.replace(".", DOT_IN_LABEL) for x in low)
+    return shown, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +170,18 @@ class Matcher:
             return None
         return self.lookup_normalised(name)
 
+    def lookup_labels(self, labels: Sequence[str]) -> Hit | None:
+        """The most specific signature for a name given as its wire labels (DNS), or None.
+        ``Hit.name`` is the displayed name (labels joined by dots)."""
+        norm = normalise_labels(labels)
+        if norm is None:
+            return None
+        shown, key = norm
+        hit = self.lookup_normalised(key)
+        if hit is None or key == shown:
+            return hit
+        return Hit(hit.signature, hit.pattern, hit.kind, shown)
+
     def lookup_normalised(self, name: str) -> Hit | None:
         idx = self._exact.get(name)
         if idx is not None:
@@ -165,7 +189,7 @@ class Matcher:
         node = self._trie
         suffix_hit: Hit | None = None
         wild_nodes = []
-        labels = split_labels(name)
+        labels = name.split(".")
         for i in range(len(labels) - 1, -1, -1):
             node = node.get(labels[i])  # type: ignore[assignment]
             if node is None:

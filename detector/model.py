@@ -102,6 +102,12 @@ class Observation:
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     vlan: tuple[int, ...] = ()
     strength: Strength = Strength.WEAK
+    # The flow of the packet that gave the match, as of that packet (it included):
+    # (start, pkts_toserver, bytes_toserver, pkts_toclient, bytes_toclient, client
+    # address, client port, server address, server port); the client is the sender of the
+    # flow's first packet (decode/flowcount.py).  None when unknown.
+    flow: tuple | None = field(default=None, compare=False, hash=False)
+    direction: str = field(default="", compare=False, hash=False)  # to_server / to_client: that packet's
 
 
 @dataclass(frozen=True, slots=True)

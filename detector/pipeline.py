@@ -19,6 +19,7 @@ from typing import Any
 from .aggregate import Aggregator, Key, Upgrade, key_of
 from .correlate import Awaiting, LearnedNames
 from .decode import transport, tunnel
+from .decode.flowcount import CoreCounters, FlowCounters, FlowRecord
 from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
@@ -52,6 +53,7 @@ class Stats:
     shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
     ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
     dns_prefiltered: int = 0  # DNS messages holding no vendor label: not parsed
+    dns_cut: int = 0  # DNS messages the snaplen cut, read as far as their bytes go
     tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
@@ -69,6 +71,7 @@ class Stats:
         self.shed += other.shed
         self.ech += other.ech
         self.dns_prefiltered += other.dns_prefiltered
+        self.dns_cut += other.dns_cut
         self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
@@ -120,6 +123,7 @@ class Detector:
         self.stats = Stats()
         self._source: str | None = None
         self._out: list[Alert] = []
+        self.flowc = FlowCounters(max_flows)
         self.reset_state()
 
     def set_signatures(self, signatures: SignatureSet) -> None:
@@ -134,17 +138,22 @@ class Detector:
         ``--jobs`` workers."""
         self.ip = IPDecoder()
         self.flows = FlowTable(max_flows=self._max_flows, max_stream=self._max_stream)
+        self.flowc.clear()
+        self._cur: FlowRecord | None = None  # the flow counters of the packet being read
+        self._cur_sender: tuple[str, int] = ("", 0)
+        self._counters: CoreCounters | None = None
         self._txns: OrderedDict[tuple[str, int, str, int, int], None] = OrderedDict()
         self.learned = LearnedNames()
         self.awaiting = Awaiting()
         self.quic = quicp.QuicTracker()
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
-        # one-lookup skip; FIFO-capped like the flow table.
-        self._done_raw: dict[bytes, None] = {}
+        # one-lookup skip, with the flow's counters and whether this direction is the
+        # client's; FIFO-capped like the flow table.
+        self._done_raw: dict[bytes, tuple[FlowRecord, bool]] = {}
         self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
         self._rk: bytes | None = None
         self._quiet = False  # learn_only(): learn addresses, nothing else
-        self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict] | None = None
+        self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict, FlowCounters] | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
         """A DNS packet (UDP or TCP) that belongs to another worker's share of the file:
@@ -152,16 +161,16 @@ class Detector:
         nothing else.  It runs through the normal decoders against scratch tables and
         counters, so the main ones (and the summary) are untouched."""
         if self._quiet_state is None:
-            self._quiet_state = (Stats(), FlowTable(max_flows=4096), IPDecoder(), OrderedDict())
-        saved = (self.stats, self.flows, self.ip, self._txns, self._rk, self._out)
-        self.stats, self.flows, self.ip, self._txns = self._quiet_state
-        self._rk, self._out, self._quiet = None, [], True
+            self._quiet_state = (Stats(), FlowTable(max_flows=4096), IPDecoder(), OrderedDict(), FlowCounters(4096))
+        saved = (self.stats, self.flows, self.ip, self._txns, self.flowc, self._rk, self._out, self._counters)
+        self.stats, self.flows, self.ip, self._txns, self.flowc = self._quiet_state
+        self._rk, self._out, self._quiet, self._counters = None, [], True, None
         try:
             self._frame(ts, linktype, data, 0)
         except DecodeError:
             pass
         finally:
-            self.stats, self.flows, self.ip, self._txns, self._rk, self._out = saved
+            self.stats, self.flows, self.ip, self._txns, self.flowc, self._rk, self._out, self._counters = saved
             self._quiet = False
 
     # -- input -------------------------------------------------------------------------
@@ -169,12 +178,18 @@ class Detector:
         """Name the capture the following frames come from (EVE ``pcap_filename``)."""
         self._source = name
 
-    def feed(self, ts: float, linktype: int, data: bytes) -> list[Alert]:
-        """Process one frame; return alerts that are ready (their window closed)."""
+    def feed(self, ts: float, linktype: int, data: bytes, counters: CoreCounters | None = None) -> list[Alert]:
+        """Process one frame; return alerts that are ready (their window closed).
+
+        ``counters``: a capture layer that counted this packet's flow itself passes
+        ``(start_ts, pkts_fwd, bytes_fwd, pkts_rev, bytes_rev[, to_server])`` (absolute,
+        this packet included, fwd = this packet's direction); they replace the detector's
+        own count of this packet (``decode/flowcount.py``)."""
         st = self.stats
         st.packets += 1
         st.bytes += len(data)
         self._out = []
+        self._counters = counters
         # The common case first: an untagged Ethernet TCP segment of a decided stream,
         # without SYN/FIN/RST, costs one slice and one dict lookup, nothing decoded.
         rk = None
@@ -184,9 +199,12 @@ class Detector:
                 if data[14] == 0x45 and not (data[20] & 0x3F or data[21]):
                     if data[23] == 6:
                         rk = data[26:38]
-                        if not data[47] & 7 and rk in self._done_raw:
-                            st.ip_packets += 1
-                            return self._out
+                        if not data[47] & 7:
+                            done = self._done_raw.get(rk)
+                            if done is not None:
+                                st.ip_packets += 1
+                                self._skip_count(done, (data[16] << 8) | data[17], counters)
+                                return self._out
                     elif (
                         data[23] == 17
                         and (data[34:36] == b"\x00\x35" or data[36:38] == b"\x00\x35")
@@ -198,9 +216,12 @@ class Detector:
                         return self._out
             elif et == b"\x86\xdd" and data[20] == 6 and len(data) >= 74:
                 rk = data[22:58]
-                if not data[67] & 7 and rk in self._done_raw:
-                    st.ip_packets += 1
-                    return self._out
+                if not data[67] & 7:
+                    done = self._done_raw.get(rk)
+                    if done is not None:
+                        st.ip_packets += 1
+                        self._skip_count(done, 40 + ((data[18] << 8) | data[19]), counters)
+                        return self._out
         self._rk = rk
         try:
             self._frame(ts, linktype, data, 0)
@@ -211,6 +232,19 @@ class Detector:
                 raise
             st.undecodable[f"internal-error-{type(exc).__name__}"] += 1
         return self._out
+
+    def _skip_count(self, done: tuple[FlowRecord, bool], length: int, counters: CoreCounters | None) -> None:
+        """Count a packet of a decided stream that the raw skip passes over."""
+        rec, to_server = done
+        if counters is None:
+            self.flowc.touch(rec, to_server, length)
+        else:
+            rec.absolute(counters if len(counters) > 5 else (*counters[:5], to_server), ("", 0))
+
+    def _count(self, ts: float, proto: int, src: str, sport: int, dst: str, dport: int, flags: int = 0) -> None:
+        """Count the packet in its flow; the record stays current for the matches it gives."""
+        self._cur = self.flowc.count(ts, proto, src, sport, dst, dport, self.ip.length, flags, self._counters)
+        self._cur_sender = (src, sport)
 
     def _frame(self, ts: float, linktype: int, data: bytes, depth: int) -> None:
         """Decode one frame; ``depth`` is how many tunnels it was taken out of (0: as captured)."""
@@ -229,7 +263,12 @@ class Detector:
         if proto == IPProto.TCP:
             self._tcp(ts, src, dst, l4, vlans)
         elif proto == IPProto.UDP:
-            sport, dport, payload = transport.udp(l4)
+            cut = self.ip.cut  # the snaplen cut the datagram: only DNS can use what is left
+            sport, dport, payload = transport.udp(l4, bool(cut))
+            if cut and sport != DNS_PORT and dport != DNS_PORT:
+                raise DecodeError("truncated-ipv4" if version == 4 else "truncated-ipv6")
+            if dport not in tunnel.TUNNEL_UDP_PORTS:
+                self._count(ts, IPProto.UDP, src, sport, dst, dport)
             if dport in tunnel.TUNNEL_UDP_PORTS:
                 inner = tunnel.decapsulate_udp(dport, payload)
                 if inner is None:
@@ -238,7 +277,7 @@ class Detector:
                     self._tunnel(ts, "vxlan" if dport == 4789 else "geneve", inner, depth)
             elif sport == DNS_PORT or dport == DNS_PORT:
                 st.inspected += 1
-                self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans)
+                self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans, bool(cut))
             elif quicp.looks_like_quic_initial(payload):
                 st.inspected += 1
                 self._quic(ts, src, sport, dst, dport, payload, vlans)
@@ -304,6 +343,7 @@ class Detector:
     # -- TCP ---------------------------------------------------------------------------
     def _tcp(self, ts: float, src: str, dst: str, l4: bytes, vlans: tuple[int, ...]) -> None:
         sport, dport, seq, flags, payload = transport.tcp(l4)
+        self._count(ts, IPProto.TCP, src, sport, dst, dport, flags)
         key: FlowKey = (src, sport, dst, dport)
         flows = self.flows
         entry = flows.get(key)
@@ -341,9 +381,9 @@ class Detector:
             done = True
         if done:
             flows.set(key, DONE)
-            if self._rk is not None:
+            if self._rk is not None and self._cur is not None:
                 raw = self._done_raw
-                raw[self._rk] = None
+                raw[self._rk] = (self._cur, self._cur_sender == self._cur.client)
                 if len(raw) > MAX_DONE_RAW:
                     del raw[next(iter(raw))]
         if flags & (FIN | RST):
@@ -428,11 +468,13 @@ class Detector:
                 return full
             s.consumed += 1
             detail = {
+                "tx_id": s.consumed - 1,  # the request's number on its connection (Suricata's tx_id)
                 "url": req.target,
                 "http_method": req.method,
                 "protocol": req.version,
                 "http_user_agent": req.user_agent,
                 "hostname": req.host,
+                "host_header": req.host,
             }
             seen: set[str] = set()
             named: list[Match] = []
@@ -464,10 +506,16 @@ class Detector:
         return False
 
     # -- DNS ---------------------------------------------------------------------------
-    def _dns(self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...]) -> None:
+    def _dns(
+        self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, payload: bytes, vlans: tuple[int, ...],
+        cut: bool = False,
+    ) -> None:
         if self._no_anchor(payload):
             return
-        self._dns_message(ts, src, sport, dst, dport, proto, self._parse_dns(payload), vlans)
+        msg = dnsp.parse_message(payload, cut=True) if cut else self._parse_dns(payload)
+        if cut:
+            self.stats.dns_cut += 1
+        self._dns_message(ts, src, sport, dst, dport, proto, msg, vlans)
 
     def _parse_dns(self, wire: bytes) -> dnsp.DnsMessage:
         """dnspython parses each distinct message once: the same question (or the same
@@ -507,51 +555,68 @@ class Detector:
             txns[(src, sport, dst, dport, msg.id)] = None
             if len(txns) > MAX_DNS_TXNS:
                 txns.popitem(last=False)
-            for qname, qtype in msg.questions:
-                detail = {"type": "query", "id": msg.id, "rrname": qname, "rrtype": qtype}
-                self._observe(ts, Evidence.DNS_QUERY, qname, src, sport, dst, dport, proto, detail, vlans)
+            for q in msg.questions:
+                detail = {"type": "query", "id": msg.id, "rrname": q.name, "rrtype": q.rrtype, "opcode": msg.opcode,
+                          "tx_id": self._dns_tx_id(proto)}
+                if msg.truncated:
+                    detail["truncated"] = True
+                self._observe(ts, Evidence.DNS_QUERY, q.name, src, sport, dst, dport, proto, detail, vlans, labels=q.labels)
             return
         # A response: the client is the destination.
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
-        answered = msg.rcode == "NOERROR" and bool(msg.answers)
+        # NOERROR with records; when the snaplen cut them, the header still counts them
+        answered = msg.rcode == "NOERROR" and bool(msg.answers or msg.answer_count)
         if answered:
             self._dns_answered(ts, dst, msg, query_seen)
-        qname, qtype = msg.questions[0] if msg.questions else ("", "")
+        qname, qtype = (msg.questions[0].name, msg.questions[0].rrtype) if msg.questions else ("", "")
         answers = [
             {"rrname": a.rrname, "rrtype": a.rrtype, "ttl": a.ttl, "rdata": a.rdata}
             for a in msg.answers[:MAX_EVIDENCE_ANSWERS]
         ]
-        base = {"type": "answer", "id": msg.id, "rrname": qname, "rrtype": qtype, "rcode": msg.rcode, "answers": answers}
-        names: dict[str, None] = {}
-        qnames = {q.lower().rstrip(".") for q, _ in msg.questions}
+        base = {"type": "answer", "id": msg.id, "rrname": qname, "rrtype": qtype, "rcode": msg.rcode, "answers": answers,
+                "opcode": msg.opcode, "flags": msg.flags, "tx_id": self._dns_tx_id(proto)}
+        if msg.truncated:
+            base["truncated"] = True
+        names: dict[dnsp.Labels, None] = {}
+        qnames = {tuple(x.lower() for x in q.labels) for q in msg.questions}
         strength = Strength.COMPLETED if answered else Strength.WEAK
         if not query_seen:  # only the answer was captured: its question is still evidence
-            for q, _ in msg.questions:
-                self._observe(ts, Evidence.DNS_QUERY, q, dst, dport, src, sport, proto, base, vlans, strength)
+            for q in msg.questions:
+                self._observe(ts, Evidence.DNS_QUERY, q.name, dst, dport, src, sport, proto, base, vlans, strength, q.labels)
         for a in msg.answers:
-            for n in (a.rrname, a.target):
-                if n and n.lower().rstrip(".") not in qnames:
+            for n in (a.rrname_labels, a.target_labels):
+                if n and tuple(x.lower() for x in n) not in qnames:
                     names[n] = None
         for n in names:
-            self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans, Strength.COMPLETED)
+            self._observe(ts, Evidence.DNS_ANSWER, dnsp.name_text(n), dst, dport, src, sport, proto, base, vlans,
+                          Strength.COMPLETED, n)
+
+    def _dns_tx_id(self, proto: int) -> int:
+        """Suricata's transaction number of a DNS message: each message of a flow is one,
+        in order; over UDP a message is a packet, so it is the flow's packets before this
+        one.  (Over TCP, 0: messages are not numbered per connection here.)"""
+        rec = self._cur
+        if proto != IPProto.UDP or rec is None:
+            return 0
+        _start, pts, _b, ptc, _b2 = rec.counts()
+        return max(0, pts + ptc - 1)
 
     def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool) -> None:
         """An answer with records: upgrade the query's alert, and learn the addresses a
         Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
-        chain = [q for q, _ in msg.questions] + [a.target for a in msg.answers if a.target]
-        for name in chain:
-            hit = self.matcher.lookup(name)
+        chain = [q.labels for q in msg.questions] + [a.target_labels for a in msg.answers if a.target_labels]
+        for labels in chain:
+            hit = self.matcher.lookup_labels(labels)
             if hit is None:
                 continue
             if query_seen:
-                for q, _ in msg.questions:
-                    qhit = self.matcher.lookup(q)
+                for q in msg.questions:
+                    qhit = self.matcher.lookup_labels(q.labels)
                     if qhit is not None:
-                        self._upgrade(ts, (client, qhit.signature.id, q.lower().rstrip("."), Evidence.DNS_QUERY.value), Strength.COMPLETED)
-            hostname = name.lower().rstrip(".")
+                        self._upgrade(ts, (client, qhit.signature.id, qhit.name, Evidence.DNS_QUERY.value), Strength.COMPLETED)
             for a in msg.answers:
                 if a.rrtype in _ADDR_TYPES:
-                    self.learned.learn(client, a.rdata, ts, a.ttl, hostname, hit, count=not self._quiet)
+                    self.learned.learn(client, a.rdata, ts, a.ttl, hit.name, hit, count=not self._quiet)
             return
 
     # -- matching ----------------------------------------------------------------------
@@ -568,8 +633,10 @@ class Detector:
         detail: dict,
         vlans: tuple[int, ...],
         strength: Strength = Strength.WEAK,
+        labels: dnsp.Labels | None = None,
     ) -> Match | None:
-        hit = self.matcher.lookup(name)
+        """``labels``: the name's wire labels (DNS), matched as labels; else the name's text."""
+        hit = self.matcher.lookup(name) if labels is None else self.matcher.lookup_labels(labels)
         if hit is None:
             return None
         return self._emit(ts, evidence, hit.name, hit.signature, hit.pattern, client, cport, server, sport, proto, detail, vlans, strength)
@@ -590,6 +657,14 @@ class Detector:
         vlans: tuple[int, ...],
         strength: Strength,
     ) -> Match:
+        rec = self._cur
+        flow, direction = None, ""
+        if rec is not None:
+            f_start, pts, bts, ptc, btc = rec.counts()
+            (_p, a, b) = rec.key
+            other = b if a == rec.client else a
+            flow = (f_start, pts, bts, ptc, btc, rec.client[0], rec.client[1], other[0], other[1])
+            direction = rec.direction(self._cur_sender)
         obs = Observation(
             ts=ts,
             evidence=evidence,
@@ -603,6 +678,8 @@ class Detector:
             detail=detail,
             vlan=vlans,
             strength=strength,
+            flow=flow,
+            direction=direction,
         )
         self.stats.observations[evidence.value] += 1
         match = Match(obs, signature, pattern)

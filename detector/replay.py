@@ -104,6 +104,8 @@ def state_counters(det: Detector) -> Counter[str]:
             "fragments": det.ip.fragments,
             "reassembled": det.ip.reassembled,
             "frag_evicted": det.ip.frag_evicted,
+            "flow_counters": len(det.flowc),
+            "flow_counters_evicted": det.flowc.evicted,
         }
     )
 

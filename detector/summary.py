@@ -59,6 +59,8 @@ def render(det: Detector, run: RunInfo) -> str:
     if st.skipped:
         lines.append(f"not inspected (no IP, or not TCP/UDP): {_counts(st.skipped)}")
     lines.append(f"packets inspected by a parser: {st.inspected:,} of {st.ip_packets:,} IP packets")
+    if st.dns_cut:
+        lines.append(f"DNS messages cut by the snaplen, names read from what was captured: {st.dns_cut:,}")
     if st.dns_prefiltered:
         lines.append(f"DNS messages holding no signature's label, not parsed further: {st.dns_prefiltered:,}")
     total = sum(st.alerts.values())
@@ -91,6 +93,7 @@ def render(det: Detector, run: RunInfo) -> str:
         f"state: {sc['streams']:,} TCP streams tracked, {sc['streams_evicted']:,} evicted "
         f"({sc['streams_evicted_undecided']:,} undecided); IP fragments {sc['fragments']:,}, "
         f"{sc['reassembled']:,} datagrams reassembled, {sc['frag_evicted']:,} incomplete dropped; "
-        f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early"
+        f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early; "
+        f"flow counters: {sc['flow_counters']:,} flows, {sc['flow_counters_evicted']:,} evicted"
     )
     return "\n".join(lines) + "\n"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
@@ -49,7 +51,7 @@ def test_query_fields() -> None:
     assert msg.opcode == 0
     assert msg.rcode == "NOERROR"
     assert msg.flags & dns.flags.RD
-    assert msg.questions == (("activation-v2.kaspersky.com", "A"),)
+    assert msg.questions == (("activation-v2.kaspersky.com", "A", ("activation-v2", "kaspersky", "com")),)
     assert msg.answers == ()
 
 
@@ -57,34 +59,37 @@ def test_response_with_cname_chain() -> None:
     msg = parse_message(wire_of(cname_response()))
     assert msg.qr is True
     assert msg.id == 7
-    assert msg.questions == (("www.benign.example", "A"),)
+    assert [q[:2] for q in msg.questions] == [("www.benign.example", "A")]
     assert msg.answers[:2] == (
-        DnsAnswer("www.benign.example", "CNAME", 300, "cdn.benign.example.", "cdn.benign.example"),
-        DnsAnswer("cdn.benign.example", "CNAME", 300, "s07.upd.kaspersky.com.", "s07.upd.kaspersky.com"),
+        DnsAnswer("www.benign.example", "CNAME", 300, "cdn.benign.example", "cdn.benign.example",
+                  ("www", "benign", "example"), ("cdn", "benign", "example")),
+        DnsAnswer("cdn.benign.example", "CNAME", 300, "s07.upd.kaspersky.com", "s07.upd.kaspersky.com",
+                  ("cdn", "benign", "example"), ("s07", "upd", "kaspersky", "com")),
     )
     # the order of records inside one RRset is not significant
     assert set(msg.answers[2:]) == {
-        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.1", None),
-        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.2", None),
+        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.1", None, ("s07", "upd", "kaspersky", "com")),
+        DnsAnswer("s07.upd.kaspersky.com", "A", 60, "192.0.2.2", None, ("s07", "upd", "kaspersky", "com")),
     }
 
 
 @pytest.mark.parametrize(
-    ("rdtype", "rdata", "target"),
+    ("rdtype", "rdata", "target", "shown"),
     [
-        ("CNAME", "t.kaspersky.com.", "t.kaspersky.com"),
-        ("DNAME", "kaspersky.com.", "kaspersky.com"),
-        ("MX", "10 mx12.kaspersky-labs.com.", "mx12.kaspersky-labs.com"),
-        ("NS", "ns1.kaspersky.com.", "ns1.kaspersky.com"),
-        ("PTR", "crl.kaspersky.com.", "crl.kaspersky.com"),
-        ("SRV", "0 5 443 ksc.kaspersky.com.", "ksc.kaspersky.com"),
-        ("HTTPS", "1 svc.kaspersky.com. alpn=h2", "svc.kaspersky.com"),
-        ("A", "192.0.2.9", None),
-        ("AAAA", "2001:db8::9", None),
-        ("TXT", '"v=spf1 -all"', None),
+        ("CNAME", "t.kaspersky.com.", "t.kaspersky.com", "t.kaspersky.com"),
+        ("CNAME", "a\\032b\\.c.kaspersky.com.", "a b.c.kaspersky.com", "a b.c.kaspersky.com"),
+        ("DNAME", "kaspersky.com.", "kaspersky.com", "kaspersky.com"),
+        ("MX", "10 mx12.kaspersky-labs.com.", "mx12.kaspersky-labs.com", "10 mx12.kaspersky-labs.com"),
+        ("NS", "ns1.kaspersky.com.", "ns1.kaspersky.com", "ns1.kaspersky.com"),
+        ("PTR", "crl.kaspersky.com.", "crl.kaspersky.com", "crl.kaspersky.com"),
+        ("SRV", "0 5 443 ksc.kaspersky.com.", "ksc.kaspersky.com", "0 5 443 ksc.kaspersky.com"),
+        ("HTTPS", "1 svc.kaspersky.com. alpn=h2", "svc.kaspersky.com", "1 svc.kaspersky.com. alpn=\"h2\""),
+        ("A", "192.0.2.9", None, "192.0.2.9"),
+        ("AAAA", "2001:db8::9", None, "2001:db8::9"),
+        ("TXT", '"v=spf1 -all"', None, '"v=spf1 -all"'),
     ],
 )
-def test_answer_targets(rdtype: str, rdata: str, target: str | None) -> None:
+def test_answer_targets(rdtype: str, rdata: str, target: str | None, shown: str) -> None:
     r = dns.message.make_response(query("q.example", rdtype))
     r.answer.append(dns.rrset.from_text("q.example.", 120, "IN", rdtype, rdata))
     (ans,) = parse_message(wire_of(r)).answers
@@ -92,6 +97,7 @@ def test_answer_targets(rdtype: str, rdata: str, target: str | None) -> None:
     assert ans.rrtype == rdtype
     assert ans.ttl == 120
     assert ans.target == target
+    assert ans.rdata == shown  # a name in the canonical form, as every evidence kind shows it
 
 
 @pytest.mark.parametrize(
@@ -119,13 +125,13 @@ def test_answers_are_capped() -> None:
 
 
 def test_trailing_bytes_are_ignored() -> None:
-    assert parse_message(wire_of(query()) + b"\x00junk").questions == (
+    assert [q[:2] for q in parse_message(wire_of(query()) + b"\x00junk").questions] == [
         ("activation-v2.kaspersky.com", "A"),
-    )
+    ]
 
 
 def test_root_question() -> None:
-    assert parse_message(wire_of(query(".", "NS"))).questions == ((".", "NS"),)
+    assert parse_message(wire_of(query(".", "NS"))).questions == ((".", "NS", ()),)
 
 
 @pytest.mark.parametrize(
@@ -272,3 +278,42 @@ def test_fuzz_split_tcp(data: bytes) -> None:
         return
     assert 0 <= used <= len(data)
     assert used == sum(len(m) + 2 for m in msgs)
+
+
+# -- messages cut by the snaplen --------------------------------------------------------------
+def test_every_cut_of_an_answer_gives_only_whole_names() -> None:
+    """Cut a CNAME-chain answer (with an EDNS OPT record) at every length: the names read
+    are those whose record lies whole in the bytes kept, in order, and the message says
+    it was cut; before the question is whole, nothing is read."""
+    r = cname_response()
+    r.use_edns(0)
+    wire = wire_of(r)
+    full = parse_message(wire)
+    q_end = 12 + len(dns.name.from_text("www.benign.example").to_wire()) + 4
+    seen_answers = 0
+    for n in range(12, len(wire) + 1):
+        try:
+            msg = parse_message(wire[:n], cut=True)
+        except DecodeError:
+            assert n < q_end
+            continue
+        assert n >= q_end
+        assert msg.truncated and msg.id == 7 and msg.qr
+        assert msg.questions == full.questions
+        assert msg.answers == full.answers[: len(msg.answers)]
+        assert len(msg.answers) >= seen_answers  # more bytes never give fewer records
+        seen_answers = len(msg.answers)
+    assert seen_answers == len(full.answers)
+
+
+def test_a_query_cut_inside_its_opt_record_keeps_its_question() -> None:
+    q = query()
+    q.use_edns(0, options=[dns.edns.GenericOption(10, b"\x01" * 8)])  # a client cookie, as dig sends
+    wire = wire_of(q)
+    q_end = 12 + len(dns.name.from_text("activation-v2.kaspersky.com").to_wire()) + 4
+    with pytest.raises(DecodeError):
+        parse_message(wire[: q_end - 1], cut=True)
+    for n in range(q_end, len(wire)):
+        msg = parse_message(wire[:n], cut=True)
+        assert [x[:2] for x in msg.questions] == [("activation-v2.kaspersky.com", "A")]
+        assert msg.truncated and not msg.answers

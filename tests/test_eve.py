@@ -55,7 +55,9 @@ def test_record_fields():
     assert rec["src_ip"] == "198.18.0.10"  # the client, although the packet came from the server
     assert rec["dest_ip"] == "198.18.0.1"
     assert rec["app_proto"] == "dns"
-    assert rec["dns"]["rrname"] == "updates.example.net"
+    assert rec["dns"]["answer"]["rrname"] == "updates.example.net"  # Suricata 7: a response's alert
+    # the answer is the first packet of its flow here: it names the flow's to_server side
+    assert (rec["direction"], rec["flow"]["src_ip"], rec["tx_id"]) == ("to_server", "198.18.0.1", 0)
     assert rec["alert"]["signature_id"] == 1610004
     assert rec["alert"]["category"] == "update"
     assert rec["alert"]["severity"] == 1
@@ -90,7 +92,8 @@ def test_hostile_strings_escaped(ua):
     assert all(32 <= c < 127 for c in line[:-1]), "only printable ASCII on the wire"
     rec = json.loads(line)
     assert rec["http"]["http_user_agent"] == ua.replace("\r\n", " ")
-    assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "alert", "http", "pcap_filename", "vlan"}
+    assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto",
+                        "alert", "http", "pcap_filename", "vlan", "pkt_src", "tx_id", "direction", "flow"}
 
 
 def test_timestamp_format():

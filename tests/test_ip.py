@@ -15,7 +15,7 @@ import pytest
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 from scapy.layers.dns import DNS, DNSQR  # noqa: E402
-from scapy.layers.inet import IP, UDP, IPOption_NOP, IPOption_RR, fragment  # noqa: E402
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP, IPOption_RR, fragment  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
     IPv6,
     IPv6ExtHdrDestOpt,
@@ -99,8 +99,9 @@ def _v4(vihl: int = 0x45, total: int = 20, proto: int = 17, extra: bytes = b"") 
         (_v4(vihl=0x44), "bad-ipv4-header"),  # IHL 4: shorter than the fixed header
         (_v4(vihl=0x65), "bad-ipv4-header"),  # version 6 in an IPv4 decode
         (_v4(total=19), "bad-ipv4-length"),
-        (_v4(total=100, extra=b"\x00" * 10), "truncated-ipv4"),  # snapped
+        (_v4(total=100, extra=b"\x00" * 10, proto=6), "truncated-ipv4"),  # snapped TCP (a cut UDP datagram is read: test below)
         (_v4(vihl=0x4F, total=60, extra=b"\x00" * 10), "truncated-ipv4"),  # options cut off
+        (_v4(total=100, extra=b"\x00" * 4), "truncated-ipv4"),  # snapped UDP without a whole UDP header
     ],
 )
 def test_ipv4_malformed(data: bytes, reason: str) -> None:
@@ -160,7 +161,7 @@ def _v6(nh: int, payload: bytes, plen: int | None = None) -> bytes:
         (b"", "truncated-ipv6"),
         (_v6(17, b"")[:39], "truncated-ipv6"),
         (b"\x40" + _v6(17, b"")[1:], "bad-ipv6-header"),
-        (_v6(17, b"\x00" * 8, plen=100), "truncated-ipv6"),
+        (_v6(6, b"\x00" * 20, plen=100), "truncated-ipv6"),  # snapped TCP
         (_v6(0, b"\x11\x00\x00\x00"), "truncated-ipv6-ext"),  # hop-by-hop header cut
         (_v6(60, b"\x11\x05" + b"\x00" * 6), "truncated-ipv6-ext"),  # says 48 bytes, has 8
         (_v6(44, b"\x11\x00\x00"), "truncated-ipv6-ext"),  # fragment header cut
@@ -356,3 +357,35 @@ def test_ipv4_and_ipv6_fragments_with_same_id_do_not_mix() -> None:
     out = [dec.decode(4, f, 0, 1.0) for f in f4[:-1]] + [dec.decode(6, f, 0, 1.0) for f in f6]
     assert out[-1][3] == udp6
     assert dec.decode(4, f4[-1], 0, 1.0)[3] == udp4
+
+
+# -- datagrams cut by the snaplen (pcaps/issue4/dns-snaplen.pcap is the real capture) -------
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_cut_udp_datagram_comes_back_with_its_cut_and_length(v6: bool) -> None:
+    udp = UDP(sport=40000, dport=53) / Raw(b"q" * 100)
+    pkt = bytes((IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="198.18.0.1", dst="198.18.0.2")) / udp)
+    dec = IPDecoder()
+    src, dst, proto, l4 = dec.decode(6 if v6 else 4, pkt[:60], 0, 0.0)
+    assert proto == 17 and l4 == pkt[40 if v6 else 20 : 60]
+    assert (dec.length, dec.cut) == (len(pkt), len(pkt) - 60)
+    dec.decode(6 if v6 else 4, pkt, 0, 0.0)
+    assert (dec.length, dec.cut) == (len(pkt), 0)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_cut_tcp_segment_or_fragment_is_still_truncated(v6: bool) -> None:
+    ip = IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="198.18.0.1", dst="198.18.0.2")
+    tcp = bytes(ip / TCP(sport=1, dport=443) / Raw(b"t" * 100))
+    with pytest.raises(DecodeError, match="truncated-ipv"):
+        IPDecoder().decode(6 if v6 else 4, tcp[:70], 0, 0.0)
+    frags = fragment6(ip / IPv6ExtHdrFragment() / UDP(dport=53) / Raw(b"f" * 3000), 1280) if v6 else \
+        fragment(ip / UDP(dport=53) / Raw(b"f" * 3000), 1400)
+    with pytest.raises(DecodeError, match="truncated-ipv"):
+        IPDecoder().decode(6 if v6 else 4, bytes(frags[0])[:100], 0, 0.0)
+
+
+def test_reassembled_length_is_the_whole_datagram() -> None:
+    whole = IP(src="198.18.0.1", dst="198.18.0.2", id=7) / UDP(dport=53) / Raw(b"f" * 3000)
+    dec = IPDecoder()
+    out = [dec.decode(4, bytes(f), 0, 0.0) for f in fragment(whole, 1400)]
+    assert out[-1] is not None and dec.length == len(bytes(whole))

@@ -600,7 +600,7 @@ def _inner_contacts(path: Path, want_depth: int, want_vlans: tuple[int, ...]) ->
                     if dport == 53:
                         msg = dnsp.parse_message(payload)
                         assert not msg.qr
-                        found.update((src, q.lower(), "dns") for q, _ in msg.questions if _is_kaspersky(q.lower()))
+                        found.update((src, q.lower(), "dns") for q, *_ in msg.questions if _is_kaspersky(q.lower()))
                 elif proto == IPProto.TCP:
                     _, dport, _, _, payload = transport.tcp(l4)
                     if dport == 443 and payload and tlsp.looks_like_tls(payload) and payload[5] == 1:

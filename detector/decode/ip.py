@@ -3,6 +3,12 @@
 ``IPDecoder.decode(version, data, offset, ts)`` returns ``(src, dst, proto, l4)`` where
 ``l4`` is the transport header and payload, or ``None`` while a fragmented datagram is
 incomplete.  Malformed headers raise ``DecodeError``.
+
+After each ``decode`` the decoder says two more things about the datagram it returned:
+``length``, its IP length (IPv4 total length, IPv6 40 + payload length; for a reassembled
+datagram, the whole datagram's), and ``cut``, how many of its bytes the capture's snaplen
+left out.  Only an unfragmented UDP datagram may come back cut (a DNS message whose first
+bytes still hold whole names); anything else cut short raises ``truncated-ipv4/6``.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class IPDecoder:
         self.reassembled = 0
         self.frag_evicted = 0
         self._addr_cache: dict[bytes, str] = {}
+        self.length = 0  # IP length of the datagram the last decode() returned
+        self.cut = 0  # bytes of it the snaplen left out (unfragmented UDP only)
 
     # -- addresses ---------------------------------------------------------------------
     def _addr(self, raw: bytes) -> str:
@@ -94,18 +102,22 @@ class IPDecoder:
             else:
                 raise DecodeError("bad-ipv4-length")
         end = off + total
+        more = frag & 0x2000
+        frag_off = (frag & 0x1FFF) * 8
+        self.length, self.cut = total, 0
         if end > len(data):
-            raise DecodeError("truncated-ipv4")  # snapped or cut short
+            if proto != IPProto.UDP or more or frag_off or len(data) < off + ihl + 8:
+                raise DecodeError("truncated-ipv4")  # snapped or cut short
+            self.cut, end = end - len(data), len(data)
         src = data[off + 12 : off + 16]
         dst = data[off + 16 : off + 20]
         payload = data[off + ihl : end]
-        more = frag & 0x2000
-        frag_off = (frag & 0x1FFF) * 8
         if more or frag_off:
             whole = self._fragment((src, dst, ident, proto), frag_off, bool(more), payload, ts)
             if whole is None:
                 return None
             payload = whole
+            self.length = ihl + len(whole)
         return self._addr(src), self._addr(dst), proto, payload
 
     def _ipv6(self, data: bytes, off: int, ts: float) -> IPResult | None:
@@ -119,8 +131,15 @@ class IPDecoder:
         end = off + 40 + plen
         if plen == 0:  # jumbogram or TSO: take what is there
             end = len(data)
+        self.length, self.cut = end - off, 0
         if end > len(data):
-            raise DecodeError("truncated-ipv6")
+            cut = end - len(data)
+            end = len(data)
+            nxt, pos, frag = _walk_ext(data, off + 40, end, nxt)
+            if nxt != IPProto.UDP or frag is not None or end < pos + 8:
+                raise DecodeError("truncated-ipv6")
+            self.cut = cut
+            return self._addr(src), self._addr(dst), nxt, data[pos:end]
         nxt, pos, frag = _walk_ext(data, off + 40, end, nxt)
         payload = data[pos:end]
         if frag is not None:
@@ -129,10 +148,12 @@ class IPDecoder:
             if whole is None:
                 return None
             # The fragmentable part may begin with more extension headers.
+            unfragmentable = pos - off - 48  # extension headers before the fragment header
             nxt, pos, frag = _walk_ext(whole, 0, len(whole), nxt)
             if frag is not None:
                 raise DecodeError("nested-ipv6-fragment")
             payload = whole[pos:]
+            self.length = 40 + unfragmentable + len(whole)
         return self._addr(src), self._addr(dst), nxt, payload
 
     # -- fragments ---------------------------------------------------------------------

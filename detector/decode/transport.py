@@ -21,8 +21,9 @@ def tcp(l4: bytes) -> tuple[int, int, int, int, bytes]:
     return sport, dport, seq, flags, l4[hlen:]
 
 
-def udp(l4: bytes) -> tuple[int, int, bytes]:
-    """-> (sport, dport, payload)"""
+def udp(l4: bytes, cut: bool = False) -> tuple[int, int, bytes]:
+    """-> (sport, dport, payload); ``cut``: the snaplen cut the datagram, so the payload
+    is what was captured (shorter than the UDP length says)."""
     if len(l4) < 8:
         raise DecodeError("truncated-udp")
     sport, dport, ulen = _UDP.unpack_from(l4, 0)
@@ -31,5 +32,7 @@ def udp(l4: bytes) -> tuple[int, int, bytes]:
             return sport, dport, l4[8:]
         raise DecodeError("bad-udp-length")
     if ulen > len(l4):
+        if cut:
+            return sport, dport, l4[8:]
         raise DecodeError("truncated-udp")
     return sport, dport, l4[8:ulen]

@@ -137,6 +137,8 @@ def extension(alert: Alert) -> list[tuple[str, str]]:
         msg = f"KSC agent {d.get('agent') or '-'}, server {d.get('ksc_server') or '-'}"
     if d.get("resolved_by"):
         msg = str(d["resolved_by"])
+    if d.get("truncated"):  # the snaplen cut the message: names read from what was captured
+        pairs += [("flexString1Label", "Evidence Truncated"), ("flexString1", "true")]
     pairs.append(("msg", msg))
     pairs += [
         ("flexString1Label", "Source Grade"), ("flexString1", sig.source_grade),

@@ -256,6 +256,7 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         "ksc_server": str(d.get("ksc_server") or "") if is_port else "",
         "quic_version": str(d.get("version") or "") if ev == Evidence.QUIC_SNI else "",
         "ech": "true" if d.get("ech") else "",
+        "truncated": "true" if d.get("truncated") else "",  # the snaplen cut the message
     }
     if sig.source_urls != tuple(urls[:1]):
         labels["source_urls"] = LIST_SEPARATOR.join(sig.source_urls)

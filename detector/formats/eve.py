@@ -1,9 +1,15 @@
 """Suricata EVE JSON (``event_type: alert``), one object per line.
 
-The record validates against Suricata's published schemas for 7.0.10 and 8.0.6
-(``../shared/ref``): the top level admits no keys beyond the schema's, so everything of
-ours that Suricata has no field for (count, first/last seen, vendor, evidence...) lives in
-``alert.metadata`` as lists of strings, Suricata's own convention for rule metadata.
+The record has the layout of a Suricata 7 alert (checked key for key, type for type,
+against real Suricata 7 with equivalent rules on the bundled captures:
+``tests/test_eve_suricata.py``): ``pkt_src``, ``tx_id``, ``direction``, the ``flow``
+object (its counters as of the packet that produced the match, ``decode/flowcount.py``),
+and the app-layer object as Suricata writes it in an alert (``dns.query: [...]`` for a
+query, ``dns.answer`` for a response, ``tls.sni``/``tls.version``, ``quic``, ``http``).
+It validates against Suricata's published schemas for 7.0.10 and 8.0.6
+(``../shared/ref``).  Everything of ours that Suricata has no field for (count, first/last
+seen, vendor, evidence, the DNS answer records...) lives in ``alert.metadata`` as lists
+of strings, Suricata's own convention for rule metadata.
 
 Escaping: ``json.dumps`` with ``ensure_ascii=True``: every non-ASCII and control
 character from the wire becomes a ``\\uXXXX`` escape, so a hostile name cannot break the
@@ -17,12 +23,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..model import Alert, Evidence
+from .common import _ABSOLUTE as ABSOLUTE_URL
+from .common import _port as authority_port
 
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 ENSURE_ASCII = True
 SEPARATORS = (",", ":")
 GID = 1
 REV = 1
+PKT_SRC = "wire/pcap"  # what Suricata writes for a packet read from a capture or an interface
+UNDETERMINED = "UNDETERMINED"  # Suricata's tls.version when the version is not known
 
 
 def timestamp(ts: float) -> str:
@@ -30,40 +40,78 @@ def timestamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
 
 
+def _dns_flags(d: dict[str, Any]) -> dict[str, Any]:
+    """The header of a DNS response as Suricata 7 writes it in an alert's ``dns.answer``
+    (Suricata also writes ``aa``/``tc``, which its published 7.0.10 schema does not admit
+    there: those two bits are in ``flags`` only)."""
+    flags = int(d.get("flags") or 0x8000)
+    out: dict[str, Any] = {"flags": f"{flags:x}", "qr": True}
+    for name, bit in (("rd", 0x0100), ("ra", 0x0080)):
+        if flags & bit:
+            out[name] = True
+    return out
+
+
 def _app_record(alert: Alert) -> tuple[str, dict[str, Any]]:
+    """The app-layer object of a Suricata 7 alert: ``dns`` (a query as ``query: [...]``,
+    a response as ``answer: {...}``), ``tls`` (sni, version), ``quic`` (version, sni),
+    ``http`` (the request's fields)."""
     obs = alert.observation
     d = obs.detail
     ev = obs.evidence
     if ev in (Evidence.DNS_QUERY, Evidence.DNS_ANSWER):
-        rec: dict[str, Any] = {"version": 2, "type": d.get("type", "query"), "id": d.get("id", 0)}
-        rec["rrname"] = d.get("rrname", obs.hostname)
-        if d.get("rrtype"):
-            rec["rrtype"] = d["rrtype"]
-        if d.get("rcode"):
-            rec["rcode"] = d["rcode"]
-        if d.get("answers"):
-            rec["answers"] = d["answers"]
-        return "dns", rec
+        if d.get("type", "query") == "query":
+            query = {"type": "query", "id": d.get("id", 0), "rrname": d.get("rrname", obs.hostname),
+                     "rrtype": d.get("rrtype") or "", "tx_id": d.get("tx_id", 0), "opcode": d.get("opcode", 0)}
+            return "dns", {"version": 2, "query": [query]}
+        answer = {"version": 2, "type": "answer", "id": d.get("id", 0), **_dns_flags(d), "opcode": d.get("opcode", 0),
+                  "rrname": d.get("rrname", obs.hostname), "rrtype": d.get("rrtype") or "", "rcode": d.get("rcode") or ""}
+        return "dns", {"version": 2, "answer": answer}
     if ev in (Evidence.TLS_SNI, Evidence.TLS_CERT, Evidence.QUIC_SNI):
-        if ev == Evidence.TLS_CERT:
-            rec = {"subject": d.get("subject", "")}
-        else:
-            rec = {"sni": d.get("sni", obs.hostname)}
-        if d.get("version"):
-            rec["version"] = d["version"]
-        return ("quic" if ev == Evidence.QUIC_SNI else "tls"), rec
+        if ev == Evidence.QUIC_SNI:
+            return "quic", {"version": d.get("version") or "", "sni": d.get("sni", obs.hostname)}
+        rec: dict[str, Any] = {"subject": d.get("subject", "")} if ev == Evidence.TLS_CERT else {"sni": d.get("sni", obs.hostname)}
+        rec["version"] = d.get("version") or UNDETERMINED
+        return "tls", rec
     if ev in (Evidence.DNS_LEARNED, Evidence.PORT):
         app = d.get("app_proto") or "failed"
         rec = {}
-        if app == "tls" and d.get("sni"):
-            rec["sni"] = d["sni"]
+        if app == "tls":
+            if d.get("sni"):
+                rec["sni"] = d["sni"]
+            rec["version"] = d.get("version") or UNDETERMINED
+        elif app == "quic":
+            rec = {"version": d.get("version") or "", **({"sni": d["sni"]} if d.get("sni") else {})}
         return app, rec
     rec = {"hostname": d.get("hostname") or obs.hostname}
-    for key in ("url", "http_method", "protocol", "http_user_agent"):
+    for key in ("url", "http_user_agent", "http_method", "protocol"):
         if d.get(key):
             rec[key] = d[key]
-    rec["http_port"] = obs.server_port
+    port = _explicit_port(d)
+    if port is not None:
+        rec["http_port"] = port
     return "http", rec
+
+
+def _explicit_port(d: dict[str, Any]) -> int | None:
+    """The port the request names (CONNECT target, absolute-form URL, else Host header),
+    as Suricata's ``http_port``; None when it names none."""
+    target = str(d.get("url") or "")
+    if d.get("http_method") == "CONNECT":
+        authority = target
+    else:
+        m = ABSOLUTE_URL.match(target)
+        authority = m.group(2) if m else str(d.get("host_header") or "")
+    return authority_port(authority.rsplit("@", 1)[-1])
+
+
+def _flow(alert: Alert) -> dict[str, Any] | None:
+    f = alert.observation.flow
+    if f is None:
+        return None
+    start, pts, bts, ptc, btc, src, sport, dst, dport = f
+    return {"pkts_toserver": pts, "pkts_toclient": ptc, "bytes_toserver": bts, "bytes_toclient": btc,
+            "start": timestamp(start), "src_ip": src, "dest_ip": dst, "src_port": sport, "dest_port": dport}
 
 
 def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
@@ -89,7 +137,10 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if sig.source_urls:
         meta["source_url"] = list(sig.source_urls)
-    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence"):
+    answers = obs.detail.get("answers")
+    if answers:  # Suricata's alert carries no DNS answer records: ours, one string each
+        meta["dns_answers"] = [" ".join(str(a.get(k, "")) for k in ("rrname", "rrtype", "ttl", "rdata")) for a in answers]
+    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated"):
         val = obs.detail.get(key)
         if val:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
@@ -104,7 +155,8 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
         "dest_ip": obs.server,
         "dest_port": obs.server_port,
         "proto": PROTO_NAMES.get(obs.proto, str(obs.proto)),
-        "app_proto": app,
+        "pkt_src": PKT_SRC,
+        "tx_id": int(obs.detail.get("tx_id") or 0),
     }
     if obs.vlan:
         out["vlan"] = list(obs.vlan)
@@ -124,6 +176,11 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if record or app in ("dns", "tls", "http", "quic"):
         out[app] = record
+    out["app_proto"] = app
+    out["direction"] = obs.direction or "to_server"
+    flow = _flow(alert)
+    if flow is not None:
+        out["flow"] = flow
     return out
 
 

@@ -117,6 +117,8 @@ def attributes(alert: Alert) -> list[tuple[str, str]]:
             ("dnsRcode", str(d.get("rcode") or "")),
             ("dnsAnswers", answers),
         ]
+        if d.get("truncated"):  # the snaplen cut the message: names read from what was captured
+            pairs.append(("truncated", "true"))
     elif ev in HTTP_KINDS or (app == "http" and d.get("url")):
         url = http_url(obs)
         pairs += [

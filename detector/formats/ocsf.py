@@ -235,6 +235,8 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         "source_urls": list(sig.source_urls),
         "flow_id": obs.flow_id,
     }
+    if obs.detail.get("truncated"):  # the snaplen cut the message: names read from what was captured
+        unmapped["truncated"] = True
     if obs.vlan:
         unmapped["vlan"] = list(obs.vlan)
     if alert.source_file:

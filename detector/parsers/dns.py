@@ -7,22 +7,60 @@ before each message) into whole messages and says how many bytes it consumed.
 Names are taken from the question, from every answer record's owner, and from the names an
 answer points at (CNAME/DNAME targets, and the targets of SRV, MX, NS, PTR, SVCB/HTTPS),
 so a benign-looking query whose answer is a CNAME into vendor infrastructure is seen.
+
+Every name is kept twice: as its wire labels (each label's bytes as UTF-8 text, a byte that
+is not valid UTF-8 as ``\\xNN``), which the matcher walks, and as the displayed name, those
+labels joined by dots: the canonical form every evidence kind shares (a TLS SNI holding the
+same bytes reads the same).  It is not DNS presentation format: a space stays a space, a
+backslash one backslash, a dot byte inside a label a dot (the labels, not the text, say
+where a label ends).
+
+A message cut short by the capture's snaplen (``parse_message(wire, cut=True)``) is read as
+far as its bytes go: every question, and every answer record that lies whole in the
+captured bytes; ``DnsMessage.truncated`` says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from ..errors import DecodeError
 
 MAX_ANSWERS = 64  # records kept per message for evidence; more are counted, not kept
+MAX_QUESTIONS = 16  # questions read from a cut message (real ones hold one)
+
+Labels = tuple[str, ...]
+
+
+def label_text(raw: bytes) -> str:
+    """One label (or a whole SNI/Host) in the canonical form: UTF-8, else ``\\xNN``."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def name_labels(n: dns.name.Name) -> Labels:
+    """The labels of a wire name in the canonical form, the root label left out."""
+    return tuple(label_text(x) for x in n.labels if x)
+
+
+def name_text(labels: Labels) -> str:
+    """The displayed name: the labels joined by dots (the root alone: ``.``)."""
+    return ".".join(labels) or "."
+
+
+class DnsQuestion(NamedTuple):
+    name: str  # the displayed name (canonical form)
+    rrtype: str
+    labels: Labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +68,10 @@ class DnsAnswer:
     rrname: str
     rrtype: str
     ttl: int
-    rdata: str
+    rdata: str  # a target name in the canonical form (MX, SRV: with their numbers); else dnspython's text
     target: str | None  # the name this record points at, if any
+    rrname_labels: Labels = ()
+    target_labels: Labels | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +81,49 @@ class DnsMessage:
     opcode: int
     rcode: str
     flags: int
-    questions: tuple[tuple[str, str], ...]  # (name, type)
+    questions: tuple[DnsQuestion, ...]
     answers: tuple[DnsAnswer, ...]
+    truncated: bool = False  # cut by the snaplen: only what lay whole in the captured bytes
+    answer_count: int = 0  # a cut message: the answer records its header counts (some may be cut)
 
 
-def _name(n: dns.name.Name) -> str:
-    return n.to_text(omit_final_dot=True)
-
-
-def _target(rd: object) -> str | None:
+def _target(rd: object) -> Labels | None:
     for attr in ("target", "exchange"):
         v = getattr(rd, attr, None)
         if isinstance(v, dns.name.Name):
-            return _name(v)
+            return name_labels(v)
     return None
 
 
-def parse_message(wire: bytes) -> DnsMessage:
+def _answer(owner: dns.name.Name, rdtype: int, ttl: int, rd: dns.rdata.Rdata) -> DnsAnswer:
+    labels = name_labels(owner)
+    target = _target(rd)
+    if target is None or rdtype in (dns.rdatatype.SVCB, dns.rdatatype.HTTPS):
+        rdata = rd.to_text()[:512]
+    elif rdtype == dns.rdatatype.MX:
+        rdata = f"{getattr(rd, 'preference', 0)} {name_text(target)}"
+    elif rdtype == dns.rdatatype.SRV:
+        rdata = " ".join(str(getattr(rd, k, 0)) for k in ("priority", "weight", "port")) + " " + name_text(target)
+    else:
+        rdata = name_text(target)
+    return DnsAnswer(
+        name_text(labels), dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)), int(ttl), rdata,
+        None if target is None else name_text(target), labels, target,
+    )
+
+
+def _question(n: dns.name.Name, rdtype: int) -> DnsQuestion:
+    labels = name_labels(n)
+    return DnsQuestion(name_text(labels), dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)), labels)
+
+
+def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
+    """``cut``: the capture's snaplen cut the datagram, so ``wire`` may end anywhere."""
     if len(wire) < 12:
         raise DecodeError("dns-truncated-header")
     try:
+        if cut:
+            return _parse_cut(wire)
         # A query (QR clear) needs only its question: parsing nothing else is much cheaper.
         query = not wire[2] & 0x80
         msg = dns.message.from_wire(wire, ignore_trailing=True, continue_on_error=True, question_only=query)
@@ -68,17 +131,13 @@ def parse_message(wire: bytes) -> DnsMessage:
             # Nothing could be salvaged (continue_on_error keeps what parsed before a bad
             # record, which we still want for partly damaged answers).
             raise DecodeError("dns-malformed", type(msg.errors[0].exception).__name__)
-        questions = tuple(
-            (_name(rrset.name), dns.rdatatype.to_text(rrset.rdtype)) for rrset in msg.question
-        )
+        questions = tuple(_question(rrset.name, rrset.rdtype) for rrset in msg.question)
         answers: list[DnsAnswer] = []
         for rrset in msg.answer:
-            owner = _name(rrset.name)
-            rtype = dns.rdatatype.to_text(rrset.rdtype)
             for rd in rrset:
                 if len(answers) >= MAX_ANSWERS:
                     break
-                answers.append(DnsAnswer(owner, rtype, int(rrset.ttl), rd.to_text()[:512], _target(rd)))
+                answers.append(_answer(rrset.name, rrset.rdtype, rrset.ttl, rd))
         return DnsMessage(
             id=msg.id,
             qr=bool(msg.flags & 0x8000),
@@ -96,6 +155,55 @@ def parse_message(wire: bytes) -> DnsMessage:
         # dnspython is strict about well-formed input; anything else on hostile bytes is
         # still just a malformed message to us.
         raise DecodeError("dns-malformed", type(exc).__name__) from None
+
+
+def _parse_cut(wire: bytes) -> DnsMessage:
+    """A message the snaplen cut: the header, then questions and answer records for as long
+    as each lies whole in ``wire`` (a name's compression pointers must point into it too).
+    The first record that runs past the end stops the read; nothing after it is guessed."""
+    ident, flags, qdcount, ancount = (int.from_bytes(wire[i : i + 2], "big") for i in (0, 2, 4, 6))
+    pos = 12
+    questions: list[DnsQuestion] = []
+    answers: list[DnsAnswer] = []
+    try:
+        for _ in range(min(qdcount, MAX_QUESTIONS)):
+            n, used = dns.name.from_wire(wire, pos)
+            if pos + used + 4 > len(wire):
+                raise DecodeError("dns-cut")
+            rdtype = int.from_bytes(wire[pos + used : pos + used + 2], "big")
+            questions.append(_question(n, rdtype))
+            pos += used + 4
+        if flags & 0x8000:
+            for _ in range(min(ancount, MAX_ANSWERS)):
+                n, used = dns.name.from_wire(wire, pos)
+                p = pos + used
+                if p + 10 > len(wire):
+                    raise DecodeError("dns-cut")
+                rdtype = int.from_bytes(wire[p : p + 2], "big")
+                rdclass = int.from_bytes(wire[p + 2 : p + 4], "big")
+                ttl = int.from_bytes(wire[p + 4 : p + 8], "big")
+                rdlen = int.from_bytes(wire[p + 8 : p + 10], "big")
+                if p + 10 + rdlen > len(wire):
+                    raise DecodeError("dns-cut")
+                rd = dns.rdata.from_wire(dns.rdataclass.RdataClass.make(rdclass), dns.rdatatype.RdataType.make(rdtype),
+                                         wire, p + 10, rdlen)
+                answers.append(_answer(n, rdtype, ttl, rd))
+                pos = p + 10 + rdlen
+    except (DecodeError, dns.exception.DNSException, ValueError, IndexError):
+        pass  # the rest lies beyond the captured bytes (or is damaged): what was read stands
+    if not questions and not answers:
+        raise DecodeError("dns-cut-before-a-name")
+    return DnsMessage(
+        id=ident,
+        qr=bool(flags & 0x8000),
+        opcode=(flags >> 11) & 0xF,
+        rcode=dns.rcode.to_text(dns.rcode.Rcode.make(flags & 0xF)),
+        flags=flags,
+        questions=tuple(questions),
+        answers=tuple(answers),
+        truncated=True,
+        answer_count=ancount,
+    )
 
 
 def split_tcp(stream: bytes) -> tuple[list[bytes], int]:

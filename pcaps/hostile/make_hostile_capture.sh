@@ -15,7 +15,9 @@
 #   * runs real clients in kdh-client: dig sends one DNS query per hostile name (given
 #     in presentation format, every byte that is not a letter, digit or '-' written
 #     as \DDD), and openssl s_client sends one ClientHello per hostile SNI (the raw
-#     bytes passed as its -servername argument);
+#     bytes passed as its -servername argument); dig also sends two names whose labels
+#     hold dots (NEGATIVE in kdh.py): their text reads like a Kaspersky name but their
+#     wire labels are not under one, so they must raise no alert;
 #   * captures on the server's veth with tcpdump -n, checks the capture with tshark -n
 #     (every query's wire-format name and every ClientHello's server_name entry is
 #     found byte for byte in a packet from the client; nothing else is in it), and
@@ -105,6 +107,7 @@ def names(cycle):
         ("tab, space and dots: CEF/LEEF key injection",
          [b"tab\tsrc=6.6.6.6 cs1=injected\tdhost=evil.example", *S05]),
         ("LEEF header look-alike, upper case", [b"LEEF:2.0|X|Y|1|2|^|cat=Evil", *S05]),
+        ("HTML script tag, space, U+202E", [b"<script>alert(1)</script> \xe2\x80\xaeevil", *S05]),
         ("63-byte label", [b"l" * 63, *UPD]),
         ("63-byte label of hostile bytes", [fill(63, cycle), *UPD]),
         ("63-byte label of FF bytes", [b"\xff" * 63, *UPD]),
@@ -114,7 +117,12 @@ def names(cycle):
     ]
 
 
-DNS_ESCAPED = b'"().;\\@$'
+# Names dig sends that must NOT alert: a dot byte inside a label is no label boundary, so
+# these are not under a Kaspersky domain although their text reads so.
+NEGATIVE = [
+    ("one label holding dots, under .com", [b"s05.upd.kaspersky", b"com"]),
+    ("one label kaspersky.com under .example", [b"x", b"kaspersky.com", b"example"]),
+]
 
 
 def wire(labels):
@@ -131,22 +139,11 @@ def ascii_lower(s):
     return s.translate({c: c + 32 for c in range(0x41, 0x5B)})
 
 
-def dns_text(labels):
-    """The name as dnspython's Name.to_text(omit_final_dot=True) writes it (RFC 1035
-    presentation format: "().;\\@$ escaped with a backslash, bytes outside 0x21-0x7E as
-    \\DDD); case kept."""
-    out = []
-    for x in labels:
-        t = ""
-        for c in x:
-            if c in DNS_ESCAPED:
-                t += "\\" + chr(c)
-            elif 0x20 < c < 0x7F:
-                t += chr(c)
-            else:
-                t += "\\%03d" % c
-        out.append(t)
-    return ".".join(out)
+def canonical(labels):
+    """The name as the detector shows it for every evidence kind (DNS and SNI alike): the
+    wire bytes as UTF-8, each byte that is not valid UTF-8 as \\xNN text, labels joined by
+    dots; case kept."""
+    return b".".join(labels).decode("utf-8", "backslashreplace")
 
 
 def sni_bytes(labels):
@@ -190,8 +187,15 @@ def clients(log, rows_path):
         text = dig_text(labels)
         rc, out = run(NS_C, ["dig", "+tries=1", "+time=2", "-b", C1, "@" + SRV4, text, "A"], log, (0, 9))
         m = re.search(rb"status: ([A-Z]+)", out)
-        rows.append({"kind": "dns-query", "what": what, "name": ascii_lower(dns_text(labels)),
-                     "sent_text": dns_text(labels), "sent": text,
+        rows.append({"kind": "dns-query", "what": what, "name": ascii_lower(canonical(labels)),
+                     "sent_text": canonical(labels), "sent": text,
+                     "wire": wire(labels).hex(), "answer": m.group(1).decode() if m else "none"})
+    for what, labels in NEGATIVE:
+        text = dig_text(labels)
+        rc, out = run(NS_C, ["dig", "+tries=1", "+time=2", "-b", C1, "@" + SRV4, text, "A"], log, (0, 9))
+        m = re.search(rb"status: ([A-Z]+)", out)
+        rows.append({"kind": "no-alert", "what": what, "name": ascii_lower(canonical(labels)),
+                     "sent_text": canonical(labels), "sent": text,
                      "wire": wire(labels).hex(), "answer": m.group(1).decode() if m else "none"})
     for what, labels in names(CYCLE_SNI):
         raw = sni_bytes(labels)
@@ -223,7 +227,7 @@ def verify(pcap, rows_path):
     queries = [bytes.fromhex(p["udp.payload"]) for p in pkts
                if p["ip.src"] == C1 and p["udp.dstport"] == "53" and p["udp.payload"]]
     hellos = [p for p in pkts if p["ip.src"] == C1 and "1" in p["tls.handshake.type"].split("|")]
-    dns_rows = [x for x in rows if x["kind"] == "dns-query"]
+    dns_rows = [x for x in rows if x["kind"] in ("dns-query", "no-alert")]
     tls_rows = [x for x in rows if x["kind"] == "tls-sni"]
     if len(queries) != len(dns_rows):
         problems.append("%d DNS queries captured, %d sent" % (len(queries), len(dns_rows)))
@@ -249,9 +253,11 @@ def expected(rows_path, out):
             "client": C1,
             "server": SRV4,
             # one alert per name: the evidence kind and the hostname as the detector reports
-            # it (ASCII lower-cased); sent_text is the name in the same notation, case kept
-            # (what dns.rrname / tls.sni carry)
-            "alerts": [{"kind": x["kind"], "name": x["name"], "sent_text": x["sent_text"]} for x in rows],
+            # it (ASCII lower-cased); sent_text is the name in the same canonical form, case
+            # kept (what dns.rrname / tls.sni carry).  Rows of kind "no-alert" in "sent"
+            # were sent by dig and must raise no alert.
+            "alerts": [{"kind": x["kind"], "name": x["name"], "sent_text": x["sent_text"]}
+                       for x in rows if x["kind"] != "no-alert"],
             "sent": rows,
             "not_sent_in_sni": {
                 "NUL": "openssl s_client takes -servername from argv, a C string that cannot hold "

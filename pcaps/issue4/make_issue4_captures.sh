@@ -39,6 +39,11 @@
 #                               reached the wire (a blackhole routing rule)
 #   ech-grease.pcap             headless Chromium (GREASE ECH) to
 #                               https://dc1.ksn.kaspersky-labs.com/
+#   dns-snaplen.pcap            tcpdump -s 96: dig (EDNS, a cookie) asks for
+#                               activation-v2.kaspersky.com (the query is cut inside its
+#                               OPT record, the answer inside its A record) and for k.io,
+#                               a CNAME to kaspersky.com (the CNAME record lies whole in
+#                               the 96 bytes, the A record after it is cut)
 #
 # Needs (Debian 12): iproute2 ethtool tcpdump tshark dnsmasq-base nginx-light
 # bind9-dnsutils curl openssl chromium python3 (stdlib only).
@@ -84,10 +89,11 @@ TRUTH=$WORK/truth.tsv
 : >"$CLOG"
 : >"$TRUTH"
 
-# truth <file> <client> <name> <kind> <strength>: one Kaspersky contact this script made
-# (kind = the evidence the contact carries; strength = weak: one side only, completed:
-# the other side answered, strong: a TLS handshake in both directions on a KSC port)
-truth() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TRUTH"; }
+# truth <file> <client> <name> <kind> <strength> [truncated]: one Kaspersky contact this
+# script made (kind = the evidence the contact carries; strength = weak: one side only,
+# completed: the other side answered, strong: a TLS handshake in both directions on a KSC
+# port; truncated: the snaplen cut the message that carries the name)
+truth() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" >>"$TRUTH"; }
 
 # ---------------------------------------------------------------------------
 # helper program (stdlib only): a binary-protocol TCP peer, a UDP sender/receiver,
@@ -185,12 +191,15 @@ def udp_send(src, dst, port, n):
 
 def expected(tsv, out):
     data = {}
-    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap"):
+    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
+                 "dns-snaplen.pcap"):
         data[name] = []
     with open(tsv) as f:
         for line in f:
-            fname, client, hname, kind, strength = line.rstrip("\n").split("\t")
+            fname, client, hname, kind, strength, cut = line.rstrip("\n").split("\t")
             row = {"client": client, "name": hname, "kind": kind, "strength": strength}
+            if cut:
+                row["truncated"] = True
             if row not in data[fname]:
                 data[fname].append(row)
     for rows in data.values():
@@ -206,7 +215,7 @@ DECODE = []
 for _p in (4433, 13000, 13001, 23150):
     DECODE += ["-d", "tcp.port==%d,tls" % _p]
 FIELDS = [
-    "frame.number", "frame.protocols", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
+    "frame.number", "frame.protocols", "frame.len", "frame.cap_len", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
     "tcp.stream", "tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack", "tcp.len", "tcp.payload",
     "udp.srcport", "udp.dstport",
     "tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
@@ -290,7 +299,8 @@ def plain_tcp(P, client, server, port, tag):
 def verify(out, work):
     c1, c1v6, c2, c3, s4, s6 = "198.18.0.10", "2001:db8::10", "198.18.0.11", "198.18.0.12", "198.18.0.1", "2001:db8::1"
     files = {}
-    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap"):
+    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
+                 "dns-snaplen.pcap"):
         files[name] = packets(os.path.join(out, name))
         seen, bad = foreign(files[name])
         check(not bad, "%s: foreign addresses %s" % (name, sorted(bad)))
@@ -375,6 +385,18 @@ def verify(out, work):
     log = open(os.path.join(work, "dnsmasq-dns-strength.log")).read()
     check("config dc1.ksn.kaspersky-labs.com is 198.18.0.1" in log,
           "dns: dnsmasq did not answer dc1.ksn (its answer is dropped by routing, but it must exist)")
+
+    # dns-snaplen.pcap: four DNS messages, nothing else
+    P = files["dns-snaplen.pcap"]
+    dns = [p for p in P if p.has("udp.dstport", 53) or p.has("udp.srcport", 53)]
+    cut = [(p.src(), p.one("frame.len"), p.one("frame.cap_len")) for p in dns]
+    NOTES.append("dns-snaplen (src, frame.len, frame.cap_len): %s" % cut)
+    check(len(dns) == 4 == len(P), "dns-snaplen: want 4 DNS packets and nothing else, got %d of %d" % (len(dns), len(P)))
+    # cut at 96 bytes: the first query and both answers; the k.io query (87 bytes) is whole
+    check([int(x[2]) == 96 < int(x[1]) for x in cut] == [True, True, False, True] and cut[2][1] == cut[2][2],
+          "dns-snaplen: want the first query and both answers cut at 96 bytes: %s" % cut)
+    qn = [(p.src(), p.one("dns.flags.response")) for p in dns]
+    check(qn == [(c1, "0"), (s4, "1"), (c1, "0"), (s4, "1")], "dns-snaplen: want query, answer twice: %s" % qn)
 
     # ech-grease.pcap
     P = files["ech-grease.pcap"]
@@ -494,6 +516,8 @@ DNS_ARGS=(
     "--host-record=dc1.ksn.kaspersky-labs.com,$SRV4,300"
     "--host-record=ksn-url-geo.kaspersky-labs.com,$SRV4,300"     # A only: AAAA is NODATA
     "--host-record=www.example.org,$SRV4,300"
+    # dns-snaplen.pcap: a short name whose CNAME record fits in a 96-byte snaplen
+    "--host-record=kaspersky.com,$SRV4,300" "--cname=k.io,kaspersky.com"
     # answered from local data only: any other name below these is NXDOMAIN
     "--local=/kaspersky.com/" "--local=/kaspersky-labs.com/" "--local=/example.org/"
 )
@@ -623,6 +647,22 @@ ip -n $NS_S rule del to $C1 ipproto udp sport 53 dport 41999 blackhole
 cp "$WORK/dnsmasq.log" "$WORK/dnsmasq-dns-strength.log"
 
 # ---------------------------------------------------------------------------
+# dns-snaplen.pcap (tcpdump -s 96: Ethernet 14 + IPv4 20 + UDP 8 leave 54 DNS bytes)
+# ---------------------------------------------------------------------------
+log "capture: dns-snaplen.pcap (tcpdump -s 96)"
+F=dns-snaplen.pcap
+cap_start $NS_S veth-s "$OUT/$F" -s 96
+# the query: header 12 + question 33 bytes whole, its EDNS OPT record (23 bytes with
+# dig's cookie) cut; the answer: the question whole, its A record cut
+client $NS_C $DIG @$SRV4 -b $C1#42001 activation-v2.kaspersky.com A
+truth $F $C1 activation-v2.kaspersky.com dns-query completed truncated
+# k.io: question 10 bytes, the CNAME to kaspersky.com 27 bytes (whole, 49 of 54), the
+# A record of kaspersky.com cut; no Kaspersky name in the query
+client $NS_C $DIG @$SRV4 -b $C1#42002 k.io A
+truth $F $C1 kaspersky.com dns-answer completed truncated
+cap_stop
+
+# ---------------------------------------------------------------------------
 # ech-grease.pcap (headless Chromium sends a GREASE encrypted_client_hello extension)
 # ---------------------------------------------------------------------------
 log "capture: ech-grease.pcap (headless Chromium)"
@@ -656,7 +696,7 @@ chmod -R u=rwX,go=rX "$OUT"
 
 mkdir -p "$DEST"
 log "installing into $DEST"
-for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap expected.json; do
+for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap dns-snaplen.pcap expected.json; do
     cp "$OUT/$f" "$DEST/$f"
 done
 log "done"
