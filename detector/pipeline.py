@@ -39,7 +39,6 @@ MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
 MAX_DONE_RAW = 200_000
 MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
-_TUNNEL_PORT_BYTES = frozenset(p.to_bytes(2, "big") for p in tunnel.TUNNEL_UDP_PORTS)
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
 
@@ -205,15 +204,6 @@ class Detector:
                                 st.ip_packets += 1
                                 self._skip_count(done, (data[16] << 8) | data[17], counters)
                                 return self._out
-                    elif (
-                        data[23] == 17
-                        and (data[34:36] == b"\x00\x35" or data[36:38] == b"\x00\x35")
-                        and data[36:38] not in _TUNNEL_PORT_BYTES
-                        and self._no_anchor(data)
-                    ):
-                        st.ip_packets += 1  # DNS that cannot name anything we match
-                        st.inspected += 1
-                        return self._out
             elif et == b"\x86\xdd" and data[20] == 6 and len(data) >= 74:
                 rk = data[22:58]
                 if not data[67] & 7:

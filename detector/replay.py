@@ -65,11 +65,11 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     try:
         with cf:
             if isinstance(cf, core.CoreCapture):
-                for ts, linktype, data, _counters, learn_only in cf:
+                for ts, linktype, data, counters, learn_only in cf:
                     if learn_only:
                         det.learn_only(ts, linktype, data)
                         continue
-                    out = feed(ts, linktype, data)
+                    out = feed(ts, linktype, data, counters=counters)
                     if out:
                         emit(out)
             else:

@@ -67,7 +67,7 @@ def test_counters_ride_with_every_classified_frame():
         recs = list(cc)
     counted = [r[3] for r in recs if r[3] is not None]
     assert counted, "TCP/UDP frames carry their flow's counters"
-    for start, pf, bf, pr, br in counted:
+    for start, pf, bf, pr, br, _to_server in counted:
         assert pf >= 1 and bf >= 20 and pr >= 0 and br >= 0 and start > 0
     ts = [r[0] for r in recs]
     assert ts == sorted(ts), "frames reach Python in capture order"

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use ahash::{AHashMap, AHashSet};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use crate::decode::{decode, Addr, Decoded, Tcp, L4};
+use crate::decode::{decode, Addr, Decoded, Fragment, Tcp, L4};
 use crate::dns;
 
 pub const TUNNEL_PORTS: [u16; 2] = [4789, 6081];
@@ -34,6 +34,7 @@ pub const MAX_QUEUE_SLOTS: usize = 200_000;
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub const MAX_DELAY: u64 = 100_000; // packets behind the oldest undecided slot
 pub const MAX_LEARNED: usize = 262_144;
+pub const MAX_FRAGMENTED: usize = 8192; // datagrams being accounted at once (oldest dropped)
 /// Capture-time seconds an undecided flow may hold the queue (live: alert latency).
 pub const MAX_AGE: f64 = 2.0;
 
@@ -51,6 +52,8 @@ pub struct Counters {
     pub bytes_fwd: u64,
     pub pkts_rev: u64,
     pub bytes_rev: u64,
+    /// This packet travels from the flow's initiator (first packet seen, or SYN sender).
+    pub to_server: bool,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,22 @@ struct Flow {
     carry: [([u8; CARRY], u8); 2],
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: Addr,
+    dst: Addr,
+    id: u32,
+    proto: u8,
+}
+
+#[derive(Default)]
+struct FragAcc {
+    ports: Option<(u16, u16)>,
+    total: Option<u32>,
+    got: u32,
+    base_len: u32,
+}
+
 struct Pend {
     decision: Decision,
     refs: u32,
@@ -150,6 +169,8 @@ pub struct Classifier {
     now: f64,
     learned: AHashSet<(Addr, Addr)>,
     learned_order: VecDeque<(Addr, Addr)>,
+    frags: AHashMap<FragKey, FragAcc>,
+    frag_order: VecDeque<FragKey>,
     pub stats: Stats,
 }
 
@@ -194,6 +215,8 @@ impl Classifier {
             now: f64::MIN,
             learned: AHashSet::new(),
             learned_order: VecDeque::new(),
+            frags: AHashMap::new(),
+            frag_order: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -273,6 +296,29 @@ impl Classifier {
                 }
                 return;
             }
+            Decoded::Fragment(frag, share) => {
+                if self.mine(share) {
+                    self.stats.whole += 1;
+                    let c = self.fragment(ts, &frag);
+                    self.enqueue(Self::record(ts, linktype, data, c), None);
+                } else {
+                    self.stats.other_share += 1;
+                }
+                return;
+            }
+            Decoded::CutUdp { src, dst, sport, dport, len } => {
+                if self.mine(Some((src.last_byte(), dst.last_byte()))) {
+                    self.stats.whole += 1;
+                    // Python reads what is left of a cut DNS datagram (and counts it); any
+                    // other cut datagram is undecodable to it, and not counted.
+                    let dns = sport == DNS_PORT || dport == DNS_PORT;
+                    let c = (dns && !TUNNEL_PORTS.contains(&dport)).then(|| self.count(17, src, sport, dst, dport, len, ts, false));
+                    self.enqueue(Self::record(ts, linktype, data, c), None);
+                } else {
+                    self.stats.other_share += 1;
+                }
+                return;
+            }
             Decoded::Ip(ip) => ip,
         };
         if !self.mine(Some((ip.src.last_byte(), ip.dst.last_byte()))) {
@@ -329,6 +375,43 @@ impl Classifier {
         }
     }
 
+    /// A fragment: when the datagram's bytes are all here, count it in its flow (as Python
+    /// does once it has reassembled it) and hand the counters up with this fragment.
+    fn fragment(&mut self, ts: f64, f: &Fragment<'_>) -> Option<Counters> {
+        if f.proto != 6 && f.proto != 17 {
+            return None;
+        }
+        let key = FragKey { src: f.src, dst: f.dst, id: f.id, proto: f.proto };
+        if !self.frags.contains_key(&key) {
+            if self.frags.len() >= MAX_FRAGMENTED {
+                if let Some(old) = self.frag_order.pop_front() {
+                    self.frags.remove(&old);
+                }
+            }
+            self.frags.insert(key, FragAcc::default());
+            self.frag_order.push_back(key);
+        }
+        let acc = self.frags.get_mut(&key).expect("inserted");
+        if f.offset == 0 && f.data.len() >= 4 {
+            acc.ports = Some((u16::from_be_bytes([f.data[0], f.data[1]]), u16::from_be_bytes([f.data[2], f.data[3]])));
+            acc.base_len = f.base_len;
+        }
+        if !f.more {
+            acc.total = Some(f.offset + f.data.len() as u32);
+        }
+        acc.got = acc.got.saturating_add(f.data.len() as u32);
+        let (ports, total) = match (acc.ports, acc.total) {
+            (Some(p), Some(t)) if acc.got >= t => (p, t),
+            _ => return None,
+        };
+        let len = acc.base_len + total;
+        self.frags.remove(&key);
+        if f.proto == 17 && TUNNEL_PORTS.contains(&ports.1) {
+            return None;
+        }
+        Some(self.count(f.proto, f.src, ports.0, f.dst, ports.1, len, ts, false))
+    }
+
     /// Count the packet in its flow (a TCP SYN without ACK starts a new one); the counters
     /// as of this packet, forward = this packet's direction.
     #[allow(clippy::too_many_arguments)]
@@ -345,7 +428,14 @@ impl Classifier {
         let d = if f.initiator == (src, sport) { 0 } else { 1 };
         f.pkts[d] += 1;
         f.bytes[d] += len as u64;
-        Counters { start: f.start, pkts_fwd: f.pkts[d], bytes_fwd: f.bytes[d], pkts_rev: f.pkts[1 - d], bytes_rev: f.bytes[1 - d] }
+        Counters {
+            start: f.start,
+            pkts_fwd: f.pkts[d],
+            bytes_fwd: f.bytes[d],
+            pkts_rev: f.pkts[1 - d],
+            bytes_rev: f.bytes[1 - d],
+            to_server: d == 0,
+        }
     }
 
     fn new_flow(&mut self, key: FlowKey, initiator: (Addr, u16), ts: f64) {

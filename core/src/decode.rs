@@ -50,8 +50,27 @@ pub struct Ip<'a> {
     pub l4: L4<'a>,
 }
 
+/// One IP fragment: the frame goes to Python whole; the core only accounts the datagram
+/// in its flow once all its bytes have passed.
+pub struct Fragment<'a> {
+    pub src: Addr,
+    pub dst: Addr,
+    pub id: u32,
+    pub proto: u8,
+    /// Byte offset of this fragment's data in the datagram's fragmentable part.
+    pub offset: u32,
+    pub more: bool,
+    pub data: &'a [u8],
+    /// IPv4 header length, or 40 + the IPv6 unfragmentable extension headers.
+    pub base_len: u32,
+}
+
 pub enum Decoded<'a> {
     Ip(Ip<'a>),
+    Fragment(Fragment<'a>, Option<(u8, u8)>),
+    /// A UDP datagram the snaplen cut (IP header whole): addresses, ports, the IP length
+    /// from the header, and what was captured of the payload.
+    CutUdp { src: Addr, dst: Addr, sport: u16, dport: u16, len: u32 },
     /// Hand the frame to Python as captured; `share` are the outer addresses' last bytes
     /// when an IP header could be read (for `--jobs` shares), else None.
     Whole(Option<(u8, u8)>),
@@ -128,10 +147,13 @@ pub fn decode(linktype: u32, data: &[u8]) -> Decoded<'_> {
     let share = share_bytes(ipb);
     let ip = match IpSlice::from_slice(ipb) {
         Ok(ip) => ip,
-        Err(_) => return Decoded::Whole(share),
+        Err(_) => return cut_udp(ipb).unwrap_or(Decoded::Whole(share)),
     };
     if ip.is_fragmenting_payload() {
-        return Decoded::Whole(share);
+        return match fragment(ipb, &ip) {
+            Some(f) => Decoded::Fragment(f, share),
+            None => Decoded::Whole(share),
+        };
     }
     let (src, dst, len) = match &ip {
         IpSlice::Ipv4(v4) => {
@@ -168,6 +190,70 @@ pub fn decode(linktype: u32, data: &[u8]) -> Decoded<'_> {
     Decoded::Ip(Ip { src, dst, len, l4 })
 }
 
+fn fragment<'a>(ipb: &'a [u8], ip: &IpSlice<'a>) -> Option<Fragment<'a>> {
+    let payload = ip.payload();
+    let start = payload.payload.as_ptr() as usize - ipb.as_ptr() as usize;
+    match ip {
+        IpSlice::Ipv4(v4) => {
+            let h = v4.header();
+            Some(Fragment {
+                src: addr(false, &h.source()),
+                dst: addr(false, &h.destination()),
+                id: h.identification() as u32,
+                proto: payload.ip_number.0,
+                offset: h.fragments_offset().value() as u32 * 8,
+                more: h.more_fragments(),
+                data: payload.payload,
+                base_len: h.ihl() as u32 * 4,
+            })
+        }
+        IpSlice::Ipv6(v6) => {
+            let h = v6.header();
+            let fh = ipb.get(start.checked_sub(8)?..start)?;
+            let off_flags = u16::from_be_bytes([fh[2], fh[3]]);
+            Some(Fragment {
+                src: addr(true, &h.source()),
+                dst: addr(true, &h.destination()),
+                id: u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]),
+                proto: payload.ip_number.0,
+                offset: (off_flags >> 3) as u32 * 8,
+                more: off_flags & 1 == 1,
+                data: payload.payload,
+                base_len: (start - 8) as u32,
+            })
+        }
+    }
+}
+
+fn cut_udp(ipb: &[u8]) -> Option<Decoded<'_>> {
+    let (ip, _) = etherparse::LaxIpSlice::from_slice(ipb).ok()?;
+    if ip.is_fragmenting_payload() {
+        return None;
+    }
+    let p = ip.payload();
+    if !p.incomplete || p.ip_number != IpNumber::UDP || p.payload.len() < 8 {
+        return None;
+    }
+    let (src, dst, len) = match &ip {
+        etherparse::LaxIpSlice::Ipv4(v4) => {
+            let h = v4.header();
+            (addr(false, &h.source()), addr(false, &h.destination()), h.total_len() as u32)
+        }
+        etherparse::LaxIpSlice::Ipv6(v6) => {
+            let h = v6.header();
+            (addr(true, &h.source()), addr(true, &h.destination()), 40 + h.payload_length() as u32)
+        }
+    };
+    let u = p.payload;
+    Some(Decoded::CutUdp {
+        src,
+        dst,
+        sport: u16::from_be_bytes([u[0], u[1]]),
+        dport: u16::from_be_bytes([u[2], u[3]]),
+        len,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +285,7 @@ mod tests {
                     _ => panic!("not udp"),
                 }
             }
-            Decoded::Whole(_) => panic!("whole"),
+            _ => panic!("not decoded"),
         }
     }
 
@@ -218,7 +304,7 @@ mod tests {
     fn fragments_go_whole() {
         let mut f = eth_ipv4_udp(b"hello");
         f[20] = 0x20; // more fragments
-        assert!(matches!(decode(1, &f), Decoded::Whole(Some(_))));
+        assert!(matches!(decode(1, &f), Decoded::Fragment(_, Some(_))));
     }
 
     #[test]

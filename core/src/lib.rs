@@ -49,7 +49,9 @@ mod python {
         let list = PyList::empty(py);
         for r in recs {
             let counters: Bound<'py, PyAny> = match r.counters {
-                Some(c) => (c.start, c.pkts_fwd, c.bytes_fwd, c.pkts_rev, c.bytes_rev).into_pyobject(py)?.into_any(),
+                Some(c) => {
+                    (c.start, c.pkts_fwd, c.bytes_fwd, c.pkts_rev, c.bytes_rev, c.to_server).into_pyobject(py)?.into_any()
+                }
                 None => py.None().into_bound(py),
             };
             let t = PyTuple::new(

@@ -121,6 +121,8 @@ class FlowCounters:
         if counters is None:
             rec.add((src, sport) == rec.client, length)
         else:
+            if len(counters) > 5:  # the capture layer saw the flow's first packet: it knows the client
+                rec.client = (src, sport) if counters[5] else (dst, dport)
             rec.absolute(counters, (src, sport))
         return rec
 
