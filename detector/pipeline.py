@@ -194,16 +194,14 @@ class Detector:
         rk = None
         if linktype == 1 and len(data) >= 54:
             et = data[12:14]
-            if et == b"\x08\x00":
-                if data[14] == 0x45 and not (data[20] & 0x3F or data[21]):
-                    if data[23] == 6:
-                        rk = data[26:38]
-                        if not data[47] & 7:
-                            done = self._done_raw.get(rk)
-                            if done is not None:
-                                st.ip_packets += 1
-                                self._skip_count(done, (data[16] << 8) | data[17], counters)
-                                return self._out
+            if et == b"\x08\x00" and data[14] == 0x45 and not (data[20] & 0x3F or data[21]) and data[23] == 6:
+                rk = data[26:38]
+                if not data[47] & 7:
+                    done = self._done_raw.get(rk)
+                    if done is not None:
+                        st.ip_packets += 1
+                        self._skip_count(done, (data[16] << 8) | data[17], counters)
+                        return self._out
             elif et == b"\x86\xdd" and data[20] == 6 and len(data) >= 74:
                 rk = data[22:58]
                 if not data[67] & 7:
