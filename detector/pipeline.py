@@ -31,6 +31,7 @@ from .parsers import quic as quicp
 from .parsers import tls as tlsp
 from .parsers import x509
 from .signatures import SignatureSet, load_signatures
+from .storm import StormControl
 
 DNS_PORT = 53
 MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxies)
@@ -106,6 +107,7 @@ class Detector:
         max_stream: int = 32 * 1024,
         strict: bool = False,
         collect: bool = False,
+        storm: StormControl | None = None,
     ) -> None:
         self.strict = strict  # re-raise unexpected exceptions (--debug, tests)
         # collect=True: keep raw matches in ``collected`` instead of aggregating them (a
@@ -115,7 +117,8 @@ class Detector:
         self.cert_names = x509.X509_AVAILABLE  # TLS 1.2 certificate names need `cryptography`
         self.signatures = signatures if signatures is not None else load_signatures()
         self.matcher = Matcher(self.signatures)
-        self.aggregator = Aggregator(window=window, dedup=dedup)
+        self.storm = storm if storm is not None else StormControl()  # alert-storm control (storm.py)
+        self.aggregator = Aggregator(window=window, dedup=dedup, gate=self.storm)
         self._max_flows, self._max_stream = max_flows, max_stream
         self.stats = Stats()
         self._source: str | None = None

@@ -61,6 +61,9 @@ def render(det: Detector, run: RunInfo) -> str:
         lines.append(f"DNS messages holding no signature's label, not parsed further: {st.dns_prefiltered:,}")
     total = sum(st.alerts.values())
     lines.append(f"alerts: {total:,}" + (f" ({_counts(st.alerts)})" if total else ""))
+    storm = det.storm.summary()
+    if storm:
+        lines.append(storm)
     lines.append(f"Kaspersky hosts found: {len(st.hosts)}")
     for host in sorted(st.hosts, key=lambda h: (-sum(st.hosts[h].values()), h)):
         cats = st.hosts[host]

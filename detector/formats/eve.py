@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..model import Alert, Evidence
+from .common import storm_fields
 
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 ENSURE_ASCII = True
@@ -95,6 +96,8 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
     if "port_confidence" in meta:
         meta["confidence"] = meta.pop("port_confidence")
+    for key, val in storm_fields(alert):  # an alert-storm aggregate (storm.py)
+        meta[key] = val if isinstance(val, list) else [val]
     out: dict[str, Any] = {
         "timestamp": timestamp(alert.first_seen),
         "flow_id": obs.flow_id,
