@@ -197,3 +197,31 @@ def test_replay_cli_flags_and_summary(tmp_path: Path) -> None:
     assert "alert storms: 20 name(s) (20 hits) folded into 1 aggregate alert(s)" in r.stderr
     bad = subprocess.run([*cmd[:-6], "--storm-window", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--storm-window must be positive" in bad.stderr
+
+
+def test_live_dedup_folds_and_writes_the_aggregate_when_the_window_ends(sigs) -> None:
+    from detector.live import LiveDedup
+
+    upd, _ = sigs
+    d = LiveDedup(window=3600, settle=0, storm=StormControl(threshold=3, window=60))
+    out: list[Alert] = []
+    for i in range(20):
+        out += d.add(match(upd, 1000 + i, f"l{i}.upd.kaspersky.com"), now=0)
+    out += d.add(match(upd, 1005, "s05.upd.kaspersky.com", client="10.9.0.3"), now=0)
+    out += d.due(now=1)
+    assert len(out) == 4 and not [a for a in out if a.storm]
+    later = d.expire(1061)
+    assert len(later) == 1 and later[0].storm.distinct_names == 17
+    assert d.counters.alerts == 5 and len(d) == 4
+
+
+def test_live_config_keys(tmp_path: Path) -> None:
+    from detector import config as cfg
+
+    path = tmp_path / "live.yaml"
+    path.write_text("storm-threshold: 20\nstorm_window: 120\nstorm-sample: 5\n")
+    s = cfg.resolve({}, str(path))
+    assert (s.storm_threshold, s.storm_window, s.storm_sample) == (20, 120.0, 5)
+    path.write_text("storm-sample: 500\n")
+    with pytest.raises(cfg.ConfigFileError, match=r"live.yaml:1: storm-sample must be between 0 and 100"):
+        cfg.resolve({}, str(path))
