@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from . import bounds
 from . import config as cfg
 from .capture import live as cap
 from .errors import ConfigError, SignatureError, SinkError
@@ -479,7 +480,8 @@ class Controller:
             old = w.stats
             new = msg[2]
             for k, v in new.items():  # counters never go back (a classifier call boundary)
-                if isinstance(v, int) and isinstance(old.get(k), int) and k not in ("backlog", "flows", "generation"):
+                if (isinstance(v, int) and isinstance(old.get(k), int) and k not in ("backlog", "flows", "generation")
+                        and k[6:] not in bounds.GAUGES):
                     new[k] = max(v, old[k])
             if new.get("callback_errors", 0) > old.get("callback_errors", 0):
                 log(f"worker {w.wid}: {new['callback_errors'] - old.get('callback_errors', 0)} error(s) in the capture "
@@ -688,6 +690,12 @@ class Controller:
         for cat in sorted({*CATEGORIES, *c.by_category}):
             out.append(Sample("detector_alerts_total", "counter", "Alerts written", c.by_category[cat], {"category": cat}))
         out.append(Sample("detector_repeats_total", "counter", "Hits inside an alert's window, counted and not written", c.repeats))
+        for key, what in bounds.EVICTIONS.items():
+            out.append(Sample("detector_evictions_total", "counter", "Entries a bounded table let go (see bounds.py)",
+                              t.get(f"state_{key}", 0), {"table": key, "reason": what}))
+        for key in sorted(bounds.GAUGES):
+            out.append(Sample("detector_state", "gauge", "Size of a bounded table summed over the workers (entries or bytes)",
+                              t.get(f"state_{key}", 0), {"table": key}))
         sc = self.dedup.storm.counters
         for what, help_ in (("folded_names", "Distinct names folded into alert-storm aggregates"),
                             ("folded_hits", "Hits folded into alert-storm aggregates"),

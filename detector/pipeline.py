@@ -39,6 +39,8 @@ MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
 MAX_DONE_RAW = 200_000
 MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
+MAX_DNS_CACHED_WIRE = 512  # ... each at most this long (a parsed 64 KiB answer is big)
+MAX_HOSTS = 10_000  # clients the summary lists alerts for; more are counted together
 _TUNNEL_PORT_BYTES = frozenset(p.to_bytes(2, "big") for p in tunnel.TUNNEL_UDP_PORTS)
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
@@ -53,6 +55,7 @@ class Stats:
     shed: int = 0  # packets a C prefilter read and dropped before Python (fast path)
     ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
     dns_prefiltered: int = 0  # DNS messages holding no vendor label: not parsed
+    dns_txns_evicted: int = 0  # outstanding queries forgotten (table full) before their answer
     tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
@@ -62,6 +65,7 @@ class Stats:
     alerts: Counter[str] = field(default_factory=Counter)  # by category
     hosts: dict[str, Counter[str]] = field(default_factory=dict)  # client -> category counts
     host_names: dict[str, set[str]] = field(default_factory=dict)  # client -> hostnames
+    hosts_over: int = 0  # alerts of clients past MAX_HOSTS (not listed one by one)
 
     def merge(self, other: Stats) -> None:
         """Add a worker's counters (alerts are counted where they are aggregated)."""
@@ -70,6 +74,7 @@ class Stats:
         self.shed += other.shed
         self.ech += other.ech
         self.dns_prefiltered += other.dns_prefiltered
+        self.dns_txns_evicted += other.dns_txns_evicted
         self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
@@ -81,6 +86,9 @@ class Stats:
         cat = alert.signature.category
         self.alerts[cat] += 1
         client = alert.observation.client
+        if client not in self.hosts and len(self.hosts) >= MAX_HOSTS:
+            self.hosts_over += 1
+            return
         self.hosts.setdefault(client, Counter())[cat] += 1
         names = self.host_names.setdefault(client, set())
         if len(names) < 64:
@@ -334,7 +342,7 @@ class Detector:
         else:
             stream = Stream(entry if isinstance(entry, int) and entry is not False else seq, ts)
             flows.set(key, stream)
-        if not stream.add(seq, payload, flows.max_stream) and stream.mode:
+        if not flows.grow(key, stream, seq, payload) and stream.mode:
             return
         self.stats.inspected += 1
         try:
@@ -483,9 +491,10 @@ class Detector:
         msg = cache.get(body)
         if msg is None:
             msg = dnsp.parse_message(wire)
-            cache[body] = msg
-            if len(cache) > MAX_DNS_CACHE:
-                del cache[next(iter(cache))]
+            if len(wire) <= MAX_DNS_CACHED_WIRE:
+                cache[body] = msg
+                if len(cache) > MAX_DNS_CACHE:
+                    del cache[next(iter(cache))]
             return msg
         return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
 
@@ -510,6 +519,7 @@ class Detector:
             txns[(src, sport, dst, dport, msg.id)] = None
             if len(txns) > MAX_DNS_TXNS:
                 txns.popitem(last=False)
+                self.stats.dns_txns_evicted += 1
             for qname, qtype in msg.questions:
                 detail = {"type": "query", "id": msg.id, "rrname": qname, "rrtype": qtype}
                 self._observe(ts, Evidence.DNS_QUERY, qname, src, sport, dst, dport, proto, detail, vlans)

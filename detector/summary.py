@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import bounds
 from .parsers import quic as quicp
 from .pipeline import Detector
 
@@ -94,4 +95,5 @@ def render(det: Detector, run: RunInfo) -> str:
         f"{sc['reassembled']:,} datagrams reassembled, {sc['frag_evicted']:,} incomplete dropped; "
         f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early"
     )
+    lines.append(bounds.evictions_line(sc, det))
     return "\n".join(lines) + "\n"
