@@ -151,8 +151,8 @@ class Detector:
         self.quic = quicp.QuicTracker()
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
         # one-lookup skip; FIFO-capped like the flow table.
-        self._done_raw: dict[bytes, None] = {}
-        self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
+        self._done_raw: OrderedDict[bytes, None] = OrderedDict()  # (a dict's oldest-first eviction is quadratic)
+        self._dns_cache: OrderedDict[bytes, dnsp.DnsMessage] = OrderedDict()
         self._rk: bytes | None = None
         self._quiet = False  # learn_only(): learn addresses, nothing else
         self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict] | None = None
@@ -356,7 +356,7 @@ class Detector:
                 raw = self._done_raw
                 raw[self._rk] = None
                 if len(raw) > MAX_DONE_RAW:
-                    del raw[next(iter(raw))]
+                    raw.popitem(last=False)
         if flags & (FIN | RST):
             flows.remove(key)
             if self._rk is not None:
@@ -494,7 +494,7 @@ class Detector:
             if len(wire) <= MAX_DNS_CACHED_WIRE:
                 cache[body] = msg
                 if len(cache) > MAX_DNS_CACHE:
-                    del cache[next(iter(cache))]
+                    cache.popitem(last=False)
             return msg
         return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
 

@@ -17,6 +17,7 @@ streams are given up (marked decided, counted in ``evicted_bytes``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 
 DONE = None  # sentinel value for a decided stream (kept so later packets are skipped)
@@ -82,8 +83,10 @@ class FlowTable:
         self.max_flows = max_flows
         self.max_stream = max_stream
         self.max_bytes = max_bytes
-        self._t: dict[FlowKey, Stream | int | None] = {}
-        self._streams: dict[FlowKey, None] = {}  # keys holding a Stream, oldest first
+        # OrderedDict, not dict: evicting the oldest of a plain dict (next(iter(d))) scans
+        # the deleted slots at its front, quadratic under a flood of new flows.
+        self._t: OrderedDict[FlowKey, Stream | int | None] = OrderedDict()
+        self._streams: OrderedDict[FlowKey, None] = OrderedDict()  # keys holding a Stream, oldest first
         self.buffered = 0  # bytes held by all streams (data + out-of-order segments)
         self.evicted = 0  # entries pushed out by a full table
         self.evicted_undecided = 0  # ... of which streams still undecided
@@ -102,8 +105,7 @@ class FlowTable:
         if isinstance(cur, Stream) and cur is not value:
             self._release(key, cur)
         elif cur is False and len(t) >= self.max_flows:
-            old = next(iter(t))
-            gone = t.pop(old)
+            old, gone = t.popitem(last=False)
             if isinstance(gone, Stream):
                 self._release(old, gone)
                 self.evicted_undecided += 1
@@ -133,8 +135,7 @@ class FlowTable:
         while self.buffered > self.max_bytes and len(streams) > 1:
             old = next(iter(streams))
             if old == key:  # never this one: move it behind the others
-                del streams[old]
-                streams[old] = None
+                streams.move_to_end(old)
                 continue
             gone = self._t.get(old)
             if isinstance(gone, Stream):
