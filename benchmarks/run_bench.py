@@ -159,7 +159,9 @@ def main() -> int:
 
     def cmd_for(tool: str, pcap: str, tag: str = "") -> list[str]:
         if tool == "detector":
-            return [args.detector, "replay", "-q", pcap, "--output", tagged(det_out, tag), *det_extra]
+            # Alert-storm control off: the Suricata rules have no threshold either, and the
+            # score counts every (client, name) contact on its own.
+            return [args.detector, "replay", "-q", pcap, "--output", tagged(det_out, tag), "--storm-threshold", "0", *det_extra]
         if tool == "suricata":
             return ["suricata", "--runmode", "single", "-c", args.suricata_config, "-r", pcap, "-S", args.rules,
                     "-l", tagged(sur_dir, tag), "-k", "none"]
