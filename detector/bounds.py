@@ -16,7 +16,7 @@ over ``--jobs`` workers) and for the live metrics (each worker ships it in its s
 | learned addresses (correlate.LearnedNames) | 65,536, TTL 60 s .. 1 day                 | oldest; expired on lookup                   |
 | awaiting answers (correlate.Awaiting) | 65,536 flows                                   | oldest                                      |
 | open alerts (aggregate.Aggregator)    | 100,000                                        | oldest alert written early                  |
-| alert-storm windows (storm.StormControl) | 20,000 (client, signature); 65,536 name hashes each | oldest window's aggregate written early |
+| alert-storm windows (storm.StormControl) | 10,000 (client, signature); 50 + 65,536 name hashes each, 500,000 in all | oldest window's aggregate written early |
 | summary hosts (pipeline.Stats)        | 10,000 clients, 64 names each                  | later clients counted together              |
 """
 

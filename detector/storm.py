@@ -26,14 +26,13 @@ so outputs need no change of their own beyond showing the ``storm_*`` fields.
 
 Bounded: at most ``max_keys`` (client, signature) windows are tracked (the oldest window
 is closed early, and counted, past it); the distinct names of a folded window are counted
-exactly up to ``MAX_DISTINCT`` (by a 64-bit hash), beyond which every further hit counts
-as a new name (``StormInfo.exact`` false).  ``threshold=0`` turns the stage off.
+exactly up to ``MAX_DISTINCT`` per window and ``MAX_DISTINCT_TOTAL`` over all (by their 64-bit
+``hash()``), beyond which every further hit counts as a new name (``StormInfo.exact`` false).  ``threshold=0`` turns the stage off.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
@@ -43,8 +42,9 @@ DEFAULT_THRESHOLD = 50
 DEFAULT_WINDOW = 600.0
 DEFAULT_SAMPLE = 10
 MAX_SAMPLE = 100
-MAX_KEYS = 20_000
-MAX_DISTINCT = 65_536
+MAX_KEYS = 10_000
+MAX_DISTINCT = 65_536  # folded-name hashes per window ...
+MAX_DISTINCT_TOTAL = 500_000  # ... and over all windows (about 30 MB)
 
 StormKey = tuple[str, int]  # client, signature id
 
@@ -65,7 +65,7 @@ class _Window:
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.names: set[str] = set()  # the names alerted in this window (<= threshold)
+        self.names: set[int] = set()  # hashes of the names alerted in this window (<= threshold)
         self.first_match: Match | None = None  # the first folded match
         self.first = self.last = start
         self.hits = 0  # folded matches (repeats included)
@@ -73,10 +73,6 @@ class _Window:
         self.sample: list[str] = []
         self.source: str | None = None
         self.overflow = 0  # folded hits past MAX_DISTINCT hashes
-
-
-def _h(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 class StormControl:
@@ -94,6 +90,7 @@ class StormControl:
         self.sample = sample
         self.max_keys = max_keys
         self._t: OrderedDict[StormKey, _Window] = OrderedDict()  # in window-start order
+        self._hashes = 0  # folded-name hashes held over all windows
         self._ready: list[Alert] = []  # aggregates closed by admit(), handed out by expire()
         self.counters: Counter[str] = Counter()  # aggregates, folded_hits, folded_names, keys_evicted
 
@@ -122,10 +119,11 @@ class StormControl:
                 self._close(old)
                 self.counters["keys_evicted"] += 1
         name = obs.hostname
-        if name in w.names:
+        h = hash(name)  # 64 bits, this process only: what the two sets hold
+        if h in w.names:
             return True
         if len(w.names) < self.threshold:
-            w.names.add(name)
+            w.names.add(h)
             return True
         # Past the threshold: fold.
         c = self.counters
@@ -135,10 +133,10 @@ class StormControl:
             w.first_match, w.first, w.last, w.source = match, ts, ts, source
         else:
             w.first, w.last = min(w.first, ts), max(w.last, ts)
-        if len(w.hashes) < MAX_DISTINCT:
-            h = _h(name)
+        if len(w.hashes) < MAX_DISTINCT and self._hashes < MAX_DISTINCT_TOTAL:
             if h not in w.hashes:
                 w.hashes.add(h)
+                self._hashes += 1
                 c["folded_names"] += 1
                 if len(w.sample) < self.sample:
                     w.sample.append(name)
@@ -149,6 +147,7 @@ class StormControl:
 
     def _close(self, key: StormKey) -> None:
         w = self._t.pop(key)
+        self._hashes -= len(w.hashes)
         if w.first_match is None:
             return
         info = StormInfo(len(w.hashes) + w.overflow, tuple(w.sample), self.threshold, self.window, exact=not w.overflow)

@@ -225,3 +225,20 @@ def test_live_config_keys(tmp_path: Path) -> None:
     path.write_text("storm-sample: 500\n")
     with pytest.raises(cfg.ConfigFileError, match=r"live.yaml:1: storm-sample must be between 0 and 100"):
         cfg.resolve({}, str(path))
+
+
+def test_folded_name_hashes_are_capped_over_all_windows(sigs, monkeypatch) -> None:
+    import detector.storm as storm_mod
+
+    upd, _ = sigs
+    monkeypatch.setattr(storm_mod, "MAX_DISTINCT_TOTAL", 30)
+    storm = StormControl(threshold=1, window=600)
+    agg = Aggregator(gate=storm)
+    out: list[Alert] = []
+    for c in range(3):
+        for i in range(21):
+            out += agg.add(match(upd, 10 + i, f"h{i}.upd.kaspersky.com", client=f"10.1.0.{c}"))
+    assert storm._hashes == 30
+    aggs = [a for a in out + agg.flush() if a.storm is not None]
+    assert [a.storm.distinct_names for a in aggs] == [20, 20, 20]
+    assert [a.storm.exact for a in aggs] == [True, False, False] and storm._hashes == 0
