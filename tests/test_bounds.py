@@ -70,3 +70,29 @@ def test_state_has_every_table_and_no_unknown_keys() -> None:
         if not key.startswith(("quic-", "learned-")):
             assert key in sc, key
     assert evictions_line(sc, det) == "evictions from bounded tables: none"
+
+
+def test_live_metrics_export_every_table(tmp_path) -> None:
+    from detector import config as cfg
+    from detector import live
+    from detector.metrics import render
+    from detector.outputs import open_outputs
+    from detector.signatures import load_signatures
+
+    outs = open_outputs([str(tmp_path / "a.json")])
+    try:
+        ctl = live.Controller(cfg.resolve({}), {}, load_signatures(), outs, [], None)
+        ctl.workers = []  # stats as two workers would ship them
+        for wid, evicted in ((0, 3), (1, 4)):
+            w = live._WorkerProc(wid, 0, None)  # type: ignore[arg-type]
+            w.stats = {"state_streams_evicted": evicted, "state_streams": 10, "state_frag_too_many": 1}
+            ctl.workers.append(w)
+        text = render(ctl.samples())
+    finally:
+        outs.close(1.0)
+    assert 'detector_evictions_total{table="streams_evicted",reason="TCP stream table full"} 7' in text
+    assert 'detector_evictions_total{table="frag_too_many",reason="IP datagrams with too many fragments"} 2' in text
+    assert 'detector_state{table="streams"} 20' in text
+    for key in EVICTIONS:
+        assert f'table="{key}"' in text
+    assert "detector_storm_aggregates_total 0" in text and "detector_storm_windows 0" in text
