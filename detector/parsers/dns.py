@@ -57,7 +57,7 @@ def _target(rd: object) -> str | None:
     return None
 
 
-_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*")
+_PLAIN_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*"
 _TYPE_TEXT: dict[int, str] = {}
 _RCODE_TEXT = {v: dns.rcode.to_text(v) for v in range(16)}  # type: ignore[arg-type]  # (any int is taken)
 
@@ -72,7 +72,7 @@ def _simple(wire: bytes) -> DnsMessage | None:
     if qd != b"\x00\x01" or (qr and (an or wire[7] or ns != b"\x00\x00" or ar != b"\x00\x00")):
         return None
     pos = 12
-    labels: list[str] = []
+    dots: list[int] = []  # where the length bytes are, in the name
     end = len(wire)
     while True:
         if pos >= end:
@@ -80,15 +80,19 @@ def _simple(wire: bytes) -> DnsMessage | None:
         n = wire[pos]
         if n == 0:
             break
-        if n > 63 or pos + 1 + n > end:
+        if n > 63:
             return None
-        label = wire[pos + 1 : pos + 1 + n]
-        if not _PLAIN.issuperset(label):
-            return None
-        labels.append(label.decode("ascii"))
+        dots.append(pos - 12)
         pos += 1 + n
-    if not labels or pos - 12 + 1 > 255 or pos + 5 > end:
+    if not dots or pos - 12 + 1 > 255 or pos + 5 > end:
         return None
+    name = bytearray(wire[12:pos])
+    for d in dots:
+        name[d] = 0x61  # a plain byte, so that one translate() checks every label byte
+    if name.translate(None, _PLAIN_BYTES):
+        return None
+    for d in dots:
+        name[d] = 0x2E
     qtype = (wire[pos + 1] << 8) | wire[pos + 2]
     ttext = _TYPE_TEXT.get(qtype)
     if ttext is None:
@@ -100,7 +104,7 @@ def _simple(wire: bytes) -> DnsMessage | None:
         opcode=(flags >> 11) & 0xF,
         rcode=_RCODE_TEXT[flags & 0xF],
         flags=flags,
-        questions=((".".join(labels), ttext),),
+        questions=((name[1:].decode("ascii"), ttext),),
         answers=(),
     )
 
