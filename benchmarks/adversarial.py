@@ -362,8 +362,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the alert files in _work/adversarial/")
     ap.add_argument("--detector-args", default="", help="extra arguments for detector replay")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--work", default=WORK, metavar="DIR", help=f"where the captures go (default {WORK})")
     args = ap.parse_args()
-    os.makedirs(WORK, exist_ok=True)
+    work = args.work
+    os.makedirs(work, exist_ok=True)
     only = [x for x in args.only.split(",") if x] or list(FLOODS)
     unknown = [x for x in only if x not in FLOODS]
     if unknown:
@@ -376,7 +378,7 @@ def main() -> int:
         npk, _rate, what = FLOODS[name]
         jobs.append((name, what, int(npk * args.scale), name))
     for name, what, npk, kind in jobs:
-        pcap = os.path.join(WORK, f"{name}-{npk}.pcap")
+        pcap = os.path.join(work, f"{name}-{npk}.pcap")
         meta = pcap + ".contacts.json"
         if args.rebuild or not (os.path.exists(pcap) and os.path.exists(meta)):
             # In a child process: a process's peak RSS counts its parent's at fork time
@@ -386,7 +388,7 @@ def main() -> int:
             print(f"generated {pcap} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         with open(meta) as fh:
             contacts = [tuple(c) for c in json.load(fh)]
-        out = os.path.join(WORK, f"{name}.alerts.json")
+        out = os.path.join(work, f"{name}.alerts.json")
         r = run_detector(pcap, out, extra)
         hits = reported(r["seen"], contacts)  # type: ignore[arg-type]
         missed = [c for c, ok in hits if not ok]
