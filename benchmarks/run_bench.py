@@ -139,7 +139,7 @@ def jobs_comparison(args: argparse.Namespace, runs_dir: str) -> dict:
             out = os.path.join(runs_dir, f"jobs{j}.json")
             if os.path.exists(out):
                 os.unlink(out)
-            m = measure([args.detector, "replay", "-q", "--jobs", str(j), *files, "--output", out])
+            m = measure([args.detector, "replay", "-q", "--jobs", str(j), *files, "--output", out, "--storm-threshold", "0"])
             if m["rc"] != 0:
                 raise SystemExit(f"detector --jobs {j} failed: {m['stderr']}")
             walls[j].append(m["wall"])
@@ -192,9 +192,12 @@ def main() -> int:
 
     def cmd_for(tool: str, pcap: str, tag: str = "") -> list[str]:
         if tool == "detector":
-            return [args.detector, "replay", "-q", pcap, "--output", tagged(det_out, tag), *det_extra]
+            # Alert-storm control off: the Suricata rules have no threshold either, and the
+            # score counts every (client, name) contact on its own.
+            return [args.detector, "replay", "-q", pcap, "--output", tagged(det_out, tag), "--storm-threshold", "0", *det_extra]
         if tool == "detector-python":
-            return [args.detector, "replay", "-q", "--exact", pcap, "--output", tagged(py_out, tag), *det_extra]
+            return [args.detector, "replay", "-q", "--exact", pcap, "--output", tagged(py_out, tag), "--storm-threshold", "0",
+                    *det_extra]
         if tool == "suricata":
             return ["suricata", "--runmode", "single", "-c", args.suricata_config, "-r", pcap, "-S", args.rules,
                     "-l", tagged(sur_dir, tag), "-k", "none"]

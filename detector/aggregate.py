@@ -6,6 +6,8 @@ capture time): the first match opens the window, later matches only bump its cou
 ``flush()``; so its count is final when it is written.  The table is capped: past
 ``max_open`` open alerts the oldest leaves early (counted in ``early``).
 With ``dedup=False`` every match leaves at once as an alert with count 1.
+A ``storm.StormControl`` (``gate``) decides before a new alert opens whether its name is
+folded into an alert-storm aggregate instead; its aggregates leave with the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .model import Alert, Match, Strength
+from .storm import StormControl
 
 Key = tuple[str, int, str, str]
 
@@ -50,7 +53,9 @@ def key_of(match: Match) -> Key:
 
 
 class Aggregator:
-    def __init__(self, window: float = 3600.0, dedup: bool = True, max_open: int = 100_000) -> None:
+    def __init__(self, window: float = 3600.0, dedup: bool = True, max_open: int = 100_000,
+                 gate: StormControl | None = None) -> None:
+        self.gate = gate if gate is not None else StormControl(threshold=0)
         self.window = window
         self.dedup = dedup
         self.max_open = max_open
@@ -66,7 +71,11 @@ class Aggregator:
         self.matches += 1
         obs = match.observation
         if not self.dedup:
-            return [Alert(match, 1, obs.ts, obs.ts, source, obs.strength)]
+            admitted = self.gate.admit(match, source)
+            out = self.gate.expire(obs.ts)
+            if admitted:
+                out.append(Alert(match, 1, obs.ts, obs.ts, source, obs.strength))
+            return out
         out = self.expire(obs.ts)
         key = key_of(match)
         cur = self._open.get(key)
@@ -81,6 +90,10 @@ class Aggregator:
             return out
         if cur is not None:  # same key, next window: close the old one now
             out.append(self._open.pop(key).alert())
+        admitted = self.gate.admit(match, source)
+        out += self.gate.expire(obs.ts)
+        if not admitted:
+            return out  # folded into an alert-storm aggregate
         self._open[key] = _Open(match, source)
         while len(self._open) > self.max_open:
             out.append(self._open.popitem(last=False)[1].alert())
@@ -103,10 +116,10 @@ class Aggregator:
             if now < first.first + self.window:
                 break
             out.append(op.popitem(last=False)[1].alert())
-        return out
+        return out + self.gate.expire(now)
 
     def flush(self) -> list[Alert]:
-        out = [o.alert() for o in self._open.values()]
+        out = [o.alert() for o in self._open.values()] + self.gate.flush()
         self._open.clear()
         out.sort(key=lambda a: a.first_seen)
         return out

@@ -26,6 +26,7 @@ from .outputs import open_outputs
 from .pipeline import Detector
 from .replay import FileResult
 from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
+from .storm import StormControl, add_storm_options, check_storm_options
 from .summary import RunInfo, render
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_INTERNAL, EXIT_UNDELIVERED = 0, 1, 2, 3, 4
@@ -54,7 +55,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     outs = open_outputs(args.output or [], spool_dir=args.spool, ca=args.ca, hostname=args.sensor_name)
     if hasattr(signal, "SIGHUP"):  # logrotate: reopen output files by name
         signal.signal(signal.SIGHUP, lambda *_: outs.reopen())
-    det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug)
+    storm = StormControl(args.storm_threshold, args.storm_window, args.storm_sample)
+    det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug, storm=storm)
     run = RunInfo(files_failed=list(problems))
     for p in problems:
         _err(p)
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
+    add_storm_options(r)
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
     r.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="spread the files (or one large pcap, by a hash of the IP addresses) over N "
@@ -202,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jobs must be between 1 and 256")
     if getattr(args, "flow_head", 4) < 4:
         parser.error("--flow-head must be at least 4")
+    problem = check_storm_options(args)
+    if problem:
+        parser.error(problem)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="detector: %(message)s", stream=sys.stderr)
     try:

@@ -148,6 +148,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("settle", "float", 0.5, "hold a new alert this long so the server's answer (DNS answer, "
            "ServerHello, HTTP status) can raise its evidence strength first; 0 writes at once (default 0.5)",
            _range(0, 60), reloadable=True, metavar="SECONDS"),
+    Option("storm-threshold", "int", 50, "alert-storm control: past N distinct names from one client under one "
+           "signature in storm-window, further names fold into one aggregate alert written when the window "
+           "ends; 0 turns it off (default 50)", _range(0, 10_000_000), reloadable=True, metavar="N"),
+    Option("storm-window", "float", 600.0, "alert-storm control: the window (default 600)", _positive,
+           reloadable=True, metavar="SECONDS"),
+    Option("storm-sample", "int", 10, "alert-storm control: names kept as a sample in the aggregate alert "
+           "(default 10)", _range(0, 100), reloadable=True, metavar="N"),
     Option("stats-interval", "float", 60.0, "log a statistics line this often; 0 only on SIGUSR1 (default 60)",
            _range(0, 86400), reloadable=True, metavar="SECONDS"),
     Option("metrics", "address", None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9108 "
@@ -176,6 +183,9 @@ class LiveSettings:
     ca: str | None = None
     dedup_window: float = 3600.0
     settle: float = 0.5
+    storm_threshold: int = 50
+    storm_window: float = 600.0
+    storm_sample: int = 10
     stats_interval: float = 60.0
     metrics: str | None = None
     user: str = "nobody"

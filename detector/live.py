@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from . import bounds
 from . import config as cfg
 from .capture import live as cap
 from .errors import ConfigError, SignatureError, SinkError
@@ -55,6 +56,7 @@ from .model import Alert, Match
 from .outputs import Outputs, open_outputs, parse_output
 from .pipeline import Detector
 from .signatures import CATEGORIES, SignatureSet, load_signatures, pack_files
+from .storm import StormControl
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TICK = 1.0  # seconds between kernel-statistics polls and metrics snapshots
@@ -103,7 +105,8 @@ class DedupCounters:
 class LiveDedup:
     """The live emission policy (see the module docstring), bounded by ``max_open``."""
 
-    def __init__(self, window: float, settle: float, max_open: int = 100_000) -> None:
+    def __init__(self, window: float, settle: float, max_open: int = 100_000, storm: StormControl | None = None) -> None:
+        self.storm = storm if storm is not None else StormControl(threshold=0)  # storm.py: admit() gates new keys
         self.window = window
         self.settle = settle
         self.max_open = max_open
@@ -144,6 +147,10 @@ class LiveDedup:
         out: list[Alert] = []
         if cur is not None:  # same key, the window has passed: a new alert
             out += self._close(key)
+        admitted = self.storm.admit(match)
+        out += self._storm_alerts(self.storm.expire(obs.ts))
+        if not admitted:
+            return out  # folded into an alert-storm aggregate, written when its window ends
         self._open[key] = _Entry(match, 1, obs.ts, obs.ts, strength, now + self.settle)
         self._pending.append(key)
         while len(self._open) > self.max_open:
@@ -151,6 +158,12 @@ class LiveDedup:
             out += self._close(old)
             c.early += 1
         return out
+
+    def _storm_alerts(self, alerts: list[Alert]) -> list[Alert]:
+        for a in alerts:
+            self.counters.alerts += 1
+            self.counters.by_category[a.signature.category] += 1
+        return alerts
 
     def upgrade(self, key: Key, strength: Any) -> None:
         """The server answered: raise the strength (shown if the alert is not written yet)."""
@@ -204,7 +217,7 @@ class LiveDedup:
             if now < e.first + self.window:
                 break
             out += self._close(k)
-        return out
+        return out + self._storm_alerts(self.storm.expire(now))
 
     def flush(self) -> list[Alert]:
         """Stopping: every alert not written yet."""
@@ -214,7 +227,7 @@ class LiveDedup:
             if e is not None and not e.written:
                 out.append(self._write(e))
         self._pending.clear()
-        return out
+        return out + self._storm_alerts(self.storm.flush())
 
 
 # --- signatures by generation ----------------------------------------------------------------
@@ -308,7 +321,8 @@ class Controller:
         self.all_handles = [h for hs in handles for h in hs]
         self.metrics = metrics
         self.debug = debug
-        self.dedup = LiveDedup(settings.dedup_window, settings.settle)
+        self.dedup = LiveDedup(settings.dedup_window, settings.settle,
+                               storm=StormControl(settings.storm_threshold, settings.storm_window, settings.storm_sample))
         self.workers: list[_WorkerProc] = []
         self.flags: set[str] = set()
         self.exit_code = EXIT_OK
@@ -466,7 +480,8 @@ class Controller:
             old = w.stats
             new = msg[2]
             for k, v in new.items():  # counters never go back (a classifier call boundary)
-                if isinstance(v, int) and isinstance(old.get(k), int) and k not in ("backlog", "flows", "generation"):
+                if (isinstance(v, int) and isinstance(old.get(k), int) and k not in ("backlog", "flows", "generation")
+                        and k[6:] not in bounds.GAUGES):
                     new[k] = max(v, old[k])
             if new.get("callback_errors", 0) > old.get("callback_errors", 0):
                 log(f"worker {w.wid}: {new['callback_errors'] - old.get('callback_errors', 0)} error(s) in the capture "
@@ -549,6 +564,9 @@ class Controller:
         self.settings = dataclasses.replace(new, **keep)
         self.dedup.window = self.settings.dedup_window
         self.dedup.settle = self.settings.settle
+        storm = self.dedup.storm
+        storm.threshold, storm.window, storm.sample = (
+            self.settings.storm_threshold, self.settings.storm_window, self.settings.storm_sample)
         self.gen += 1
         self.sigsets[self.gen] = _SigIndex(sigs)
         for w in self.workers:
@@ -672,6 +690,19 @@ class Controller:
         for cat in sorted({*CATEGORIES, *c.by_category}):
             out.append(Sample("detector_alerts_total", "counter", "Alerts written", c.by_category[cat], {"category": cat}))
         out.append(Sample("detector_repeats_total", "counter", "Hits inside an alert's window, counted and not written", c.repeats))
+        for key, what in bounds.EVICTIONS.items():
+            out.append(Sample("detector_evictions_total", "counter", "Entries a bounded table let go (see bounds.py)",
+                              t.get(f"state_{key}", 0), {"table": key, "reason": what}))
+        for key in sorted(bounds.GAUGES):
+            out.append(Sample("detector_state", "gauge", "Size of a bounded table summed over the workers (entries or bytes)",
+                              t.get(f"state_{key}", 0), {"table": key}))
+        sc = self.dedup.storm.counters
+        for what, help_ in (("folded_names", "Distinct names folded into alert-storm aggregates"),
+                            ("folded_hits", "Hits folded into alert-storm aggregates"),
+                            ("aggregates", "Alert-storm aggregate alerts written"),
+                            ("keys_evicted", "Alert-storm windows closed early because the table was full")):
+            out.append(Sample(f"detector_storm_{what}_total", "counter", help_, sc[what]))
+        out.append(Sample("detector_storm_windows", "gauge", "Alert-storm (client, signature) windows tracked", len(self.dedup.storm)))
         out.append(Sample("detector_output_errors_total", "counter", "Alerts an output could not take (see the log)", self.output_errors))
         out.append(Sample("detector_output_queue_depth", "gauge", "Alerts held (settle) or queued for an output", t.get("queue", 0)))
         out.append(Sample("detector_open_alerts", "gauge", "Alert windows open for de-duplication", len(self.dedup)))

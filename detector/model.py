@@ -129,6 +129,7 @@ class Alert:
     last_seen: float
     source_file: str | None = None
     strength: Strength = Strength.WEAK
+    storm: Any = None  # storm.StormInfo on an alert-storm aggregate (names folded), else None
 
     @property
     def severity_number(self) -> int:

@@ -32,13 +32,16 @@ from .parsers import quic as quicp
 from .parsers import tls as tlsp
 from .parsers import x509
 from .signatures import SignatureSet, load_signatures
+from .storm import StormControl
 
 DNS_PORT = 53
 MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxies)
 MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
-MAX_DONE_RAW = 200_000
+MAX_DONE_RAW = 100_000  # (with 150,000 flows: a flood of new flows stays under 200 MB)
 MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
+MAX_DNS_CACHED_WIRE = 512  # ... each at most this long (a parsed 64 KiB answer is big)
+MAX_HOSTS = 10_000  # clients the summary lists alerts for; more are counted together
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
 
@@ -53,6 +56,7 @@ class Stats:
     ech: int = 0  # ClientHellos with Encrypted Client Hello whose outer name matched
     dns_prefiltered: int = 0  # DNS messages holding no vendor label: not parsed
     dns_cut: int = 0  # DNS messages the snaplen cut, read as far as their bytes go
+    dns_txns_evicted: int = 0  # outstanding queries forgotten (table full) before their answer
     tunnelled: Counter[str] = field(default_factory=Counter)  # frames taken out of a tunnel, by kind
     ip_packets: int = 0
     inspected: int = 0  # packets handed to a protocol parser
@@ -62,6 +66,7 @@ class Stats:
     alerts: Counter[str] = field(default_factory=Counter)  # by category
     hosts: dict[str, Counter[str]] = field(default_factory=dict)  # client -> category counts
     host_names: dict[str, set[str]] = field(default_factory=dict)  # client -> hostnames
+    hosts_over: int = 0  # alerts of clients past MAX_HOSTS (not listed one by one)
 
     def merge(self, other: Stats) -> None:
         """Add a worker's counters (alerts are counted where they are aggregated)."""
@@ -71,6 +76,7 @@ class Stats:
         self.ech += other.ech
         self.dns_prefiltered += other.dns_prefiltered
         self.dns_cut += other.dns_cut
+        self.dns_txns_evicted += other.dns_txns_evicted
         self.tunnelled.update(other.tunnelled)
         self.ip_packets += other.ip_packets
         self.inspected += other.inspected
@@ -82,6 +88,9 @@ class Stats:
         cat = alert.signature.category
         self.alerts[cat] += 1
         client = alert.observation.client
+        if client not in self.hosts and len(self.hosts) >= MAX_HOSTS:
+            self.hosts_over += 1
+            return
         self.hosts.setdefault(client, Counter())[cat] += 1
         names = self.host_names.setdefault(client, set())
         if len(names) < 64:
@@ -104,10 +113,11 @@ class Detector:
         *,
         dedup: bool = True,
         window: float = 3600.0,
-        max_flows: int = 200_000,
+        max_flows: int = 150_000,
         max_stream: int = 32 * 1024,
         strict: bool = False,
         collect: bool = False,
+        storm: StormControl | None = None,
     ) -> None:
         self.strict = strict  # re-raise unexpected exceptions (--debug, tests)
         # collect=True: keep raw matches in ``collected`` instead of aggregating them (a
@@ -117,7 +127,8 @@ class Detector:
         self.cert_names = x509.X509_AVAILABLE  # TLS 1.2 certificate names need `cryptography`
         self.signatures = signatures if signatures is not None else load_signatures()
         self.matcher = Matcher(self.signatures)
-        self.aggregator = Aggregator(window=window, dedup=dedup)
+        self.storm = storm if storm is not None else StormControl()  # alert-storm control (storm.py)
+        self.aggregator = Aggregator(window=window, dedup=dedup, gate=self.storm)
         self._max_flows, self._max_stream = max_flows, max_stream
         self.stats = Stats()
         self._source: str | None = None
@@ -147,9 +158,10 @@ class Detector:
         self.quic = quicp.QuicTracker()
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
         # one-lookup skip, with the flow's counters and whether this direction is the
-        # client's; FIFO-capped like the flow table.
-        self._done_raw: dict[bytes, tuple[FlowRecord, bool]] = {}
-        self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
+        # client's; FIFO-capped like the flow table (an OrderedDict: a dict's oldest-first
+        # eviction is quadratic).
+        self._done_raw: OrderedDict[bytes, tuple[FlowRecord, bool]] = OrderedDict()
+        self._dns_cache: OrderedDict[bytes, dnsp.DnsMessage] = OrderedDict()
         self._rk: bytes | None = None
         self._quiet = False  # learn_only(): learn addresses, nothing else
         self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict, FlowCounters] | None = None
@@ -359,7 +371,7 @@ class Detector:
         else:
             stream = Stream(entry if isinstance(entry, int) and entry is not False else seq, ts)
             flows.set(key, stream)
-        if not stream.add(seq, payload, flows.max_stream) and stream.mode:
+        if not flows.grow(key, stream, seq, payload) and stream.mode:
             return
         self.stats.inspected += 1
         try:
@@ -373,7 +385,7 @@ class Detector:
                 raw = self._done_raw
                 raw[self._rk] = (self._cur, self._cur_sender == self._cur.client)
                 if len(raw) > MAX_DONE_RAW:
-                    del raw[next(iter(raw))]
+                    raw.popitem(last=False)
         if flags & (FIN | RST):
             flows.remove(key)
             if self._rk is not None:
@@ -516,9 +528,10 @@ class Detector:
         msg = cache.get(body)
         if msg is None:
             msg = dnsp.parse_message(wire)
-            cache[body] = msg
-            if len(cache) > MAX_DNS_CACHE:
-                del cache[next(iter(cache))]
+            if len(wire) <= MAX_DNS_CACHED_WIRE:
+                cache[body] = msg
+                if len(cache) > MAX_DNS_CACHE:
+                    cache.popitem(last=False)
             return msg
         return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
 
@@ -543,6 +556,7 @@ class Detector:
             txns[(src, sport, dst, dport, msg.id)] = None
             if len(txns) > MAX_DNS_TXNS:
                 txns.popitem(last=False)
+                self.stats.dns_txns_evicted += 1
             for q in msg.questions:
                 detail = {"type": "query", "id": msg.id, "rrname": q.name, "rrtype": q.rrtype, "opcode": msg.opcode,
                           "tx_id": self._dns_tx_id(proto)}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from . import bounds
 from .aggregate import Upgrade
 from .capture import core
 from .capture.pcap import CaptureFile
@@ -92,22 +93,7 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
 
 def state_counters(det: Detector) -> Counter[str]:
     """The bounded tables' counters, summed across workers for the summary."""
-    extra: Counter[str] = Counter({f"quic-{k}": v for k, v in det.quic.counters.items()})
-    extra.update({f"learned-{k}": v for k, v in det.learned.counters.items()})
-    extra["awaiting-evicted"] = det.awaiting.evicted
-    return extra + Counter(
-        {
-            "streams": len(det.flows),
-            "streams_evicted": det.flows.evicted,
-            "streams_evicted_undecided": det.flows.evicted_undecided,
-            "streams_incomplete": sum(1 for _, s in det.flows.streams() if s.mode in ("tls", "http") and s.data),
-            "fragments": det.ip.fragments,
-            "reassembled": det.ip.reassembled,
-            "frag_evicted": det.ip.frag_evicted,
-            "flow_counters": len(det.flowc),
-            "flow_counters_evicted": det.flowc.evicted,
-        }
-    )
+    return bounds.state(det)
 
 
 # -- worker processes --------------------------------------------------------------------

@@ -54,6 +54,7 @@ _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # A whole valid name in one match (the common case); problems get the slow, precise path.
 _NAME_OK = re.compile(r"(?:(?!-)[a-z0-9_-]{1,63}(?<!-)\.)+(?!-)[a-z0-9_-]{1,63}(?<!-)")
 MAX_RANGE = 1000
+MAX_FILE_CHARS = 64 << 20  # a signature file larger than this is refused (1,000,000 names take ~30 MiB)
 # libyaml's C parser when PyYAML has it (its wheels do): large packs load ten times faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -246,11 +247,24 @@ class _Loader:
     def load_file(self, path: str) -> None:
         try:
             with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+                text = fh.read(MAX_FILE_CHARS + 1)
         except (OSError, UnicodeDecodeError) as exc:
             self.problems.append((path, 1, f"cannot read: {exc}"))
             return
+        if len(text) > MAX_FILE_CHARS:
+            self.problems.append((path, 1, f"file too large (more than {MAX_FILE_CHARS >> 20} MiB): not a signature pack"))
+            return
         try:
+            # Anchors and aliases have no use in a pack and are the stuff of "billion laughs"
+            # bombs: refused, each at its line, before anything is built from the file.
+            lines: dict[int, str] = {}
+            for e in yaml.parse(text, Loader=_YAML_LOADER):
+                if isinstance(e, yaml.AliasEvent) and len(lines) < 10:
+                    lines.setdefault(e.start_mark.line + 1 if e.start_mark else 1, str(e.anchor))
+            if lines:
+                for line, anchor in lines.items():
+                    self.problems.append((path, line, f"YAML alias *{anchor}: anchors and aliases are not allowed in signature files"))
+                return
             root = yaml.compose(text, Loader=_YAML_LOADER)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

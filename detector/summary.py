@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import bounds
 from .parsers import quic as quicp
 from .pipeline import Detector
 
@@ -65,6 +66,9 @@ def render(det: Detector, run: RunInfo) -> str:
         lines.append(f"DNS messages holding no signature's label, not parsed further: {st.dns_prefiltered:,}")
     total = sum(st.alerts.values())
     lines.append(f"alerts: {total:,}" + (f" ({_counts(st.alerts)})" if total else ""))
+    storm = det.storm.summary()
+    if storm:
+        lines.append(storm)
     lines.append(f"Kaspersky hosts found: {len(st.hosts)}")
     for host in sorted(st.hosts, key=lambda h: (-sum(st.hosts[h].values()), h)):
         cats = st.hosts[host]
@@ -96,4 +100,5 @@ def render(det: Detector, run: RunInfo) -> str:
         f"dedup: {det.aggregator.matches:,} matches, {det.aggregator.early:,} alerts closed early; "
         f"flow counters: {sc['flow_counters']:,} flows, {sc['flow_counters_evicted']:,} evicted"
     )
+    lines.append(bounds.evictions_line(sc, det))
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.errors import DecodeError
+from detector.parsers import dns as dnsp
 from detector.parsers.dns import MAX_ANSWERS, DnsAnswer, DnsMessage, parse_message, split_tcp
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -317,3 +318,38 @@ def test_a_query_cut_inside_its_opt_record_keeps_its_question() -> None:
         msg = parse_message(wire[:n], cut=True)
         assert [x[:2] for x in msg.questions] == [("activation-v2.kaspersky.com", "A")]
         assert msg.truncated and not msg.answers
+
+
+# -- the fast path for simple messages agrees with dnspython ------------------------------------
+_LABEL_BYTES = st.sampled_from(list(b"abcXYZ019-_*") + [0x2E, 0x5C, 0x20, 0x22, 0x40, 0xFF, 0x00, 0x7F, 0x3B])
+
+
+@st.composite
+def _simple_candidates(draw) -> bytes:
+    labels = draw(st.lists(st.binary(min_size=0, max_size=70).map(bytes) | st.lists(_LABEL_BYTES, min_size=1, max_size=12).map(bytes),
+                           min_size=0, max_size=6))
+    qname = b"".join(bytes([len(lab) if draw(st.booleans()) or len(lab) < 64 else draw(st.integers(0, 255))]) + lab
+                     for lab in labels) + draw(st.sampled_from([b"\x00", b"", b"\xc0\x0c", b"\x00"]))
+    flags = draw(st.integers(0, 0xFFFF))
+    counts = draw(st.sampled_from([(1, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 0), (1, 0, 1, 0), (1, 0, 0, 1), (2, 0, 0, 0), (0, 0, 0, 0)]))
+    tail = draw(st.binary(max_size=8)) if draw(st.booleans()) else struct.pack("!HH", draw(st.integers(0, 0xFFFF)), 1)
+    return struct.pack("!HH4H", draw(st.integers(0, 0xFFFF)), flags, *counts) + qname + tail
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(_simple_candidates())
+def test_simple_path_matches_dnspython(wire: bytes) -> None:
+    fast = dnsp._simple(wire)
+    if fast is None:
+        return
+    assert fast == dnsp._full(wire)
+
+
+def test_simple_path_is_taken_for_a_plain_query_and_an_empty_answer() -> None:
+    q = dns.message.make_query("x7k2.upd.kaspersky.com", "AAAA", use_edns=False)
+    r = dns.message.make_response(q)
+    r.set_rcode(dns.rcode.NXDOMAIN)
+    for m in (q, r):
+        wire = m.to_wire()
+        assert dnsp._simple(wire) is not None and dnsp._simple(wire) == dnsp._full(wire)
+    assert dnsp._simple(dns.message.make_query("a\\.b.example", "A").to_wire()) is None  # needs escaping

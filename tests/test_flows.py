@@ -128,9 +128,33 @@ def test_segment_past_cap_is_not_growth() -> None:
 def test_segments_far_ahead_are_not_held() -> None:
     s = stream()
     assert s.add(BASE + WINDOW, b"far", CAP) is False
+    assert s.add(BASE + CAP, b"past the cap: never parsed", CAP) is False
     assert s.pending == {}
-    assert s.add(BASE + WINDOW - 1, b"near", CAP) is False
-    assert list(s.pending) == [WINDOW - 1]
+    assert s.add(BASE + CAP - 1, b"near", CAP) is False
+    assert s.pending == {CAP - 1: b"n"}  # trimmed to the cap
+    assert s.pbytes == 1
+
+
+def test_pending_bytes_are_bounded_by_the_cap() -> None:
+    s = stream()
+    for i in range(MAX_PENDING):
+        s.add(BASE + 1 + i, bytes(CAP), CAP)  # overlapping out-of-order segments, each up to the cap
+    assert s.pbytes <= CAP and sum(map(len, s.pending.values())) == s.pbytes
+
+
+def test_table_byte_budget_gives_up_the_oldest_undecided_streams() -> None:
+    t = FlowTable(max_flows=1000, max_stream=CAP, max_bytes=4 * CAP)
+    keys = [("10.0.0.1", 1000 + i, "10.0.0.2", 443) for i in range(10)]
+    for k in keys:
+        s = Stream(BASE, 0.0)
+        t.set(k, s)
+        t.grow(k, s, BASE, bytes(CAP))
+    assert t.buffered <= 4 * CAP and t.evicted_bytes == 6
+    assert [t.get(k) for k in keys[:6]] == [DONE] * 6
+    assert all(isinstance(t.get(k), Stream) for k in keys[6:])
+    t.set(keys[9], DONE)
+    t.remove(keys[8])
+    assert t.buffered == 2 * CAP
 
 
 def test_pending_is_bounded() -> None:
@@ -222,5 +246,5 @@ def test_flow_table_streams_lists_only_undecided() -> None:
 
 def test_flow_table_defaults() -> None:
     t = FlowTable()
-    assert t.max_flows == 200_000
+    assert t.max_flows == 150_000
     assert t.max_stream == 32 * 1024

@@ -299,7 +299,7 @@ def test_dns_cut_by_the_snaplen_is_marked_in_every_format(tmp_path):
     assert all(len(v) == 2 for v in lines.values()), lines
     assert all(json.loads(x)["labels"]["truncated"] == "true" for x in lines["ecs"])
     assert all(json.loads(x)["unmapped"]["truncated"] is True for x in lines["ocsf"])
-    assert all("flexString1Label=Evidence Truncated flexString1=true" in x for x in lines["cef"])
+    assert all("cfp1Label=Evidence Truncated cfp1=1" in x for x in lines["cef"])
     assert all("\ttruncated=true" in x for x in lines["leef"])
 
 

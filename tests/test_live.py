@@ -346,6 +346,10 @@ def test_live_alerts_every_contact_reload_and_stop(lab: Lab) -> None:
     assert 'detector_kernel_drops_total{interface="eth0"} 0' in metrics
     assert re.search(r"^detector_packets_inspected_total [1-9]", metrics, re.M), metrics
     assert sum(int(v) for v in re.findall(r'^detector_alerts_total\{category="[^"]+"\} (\d+)', metrics, re.M)) == 7
+    # Every bounded table's evictions and size, and the alert-storm counters (issue 14).
+    assert re.search(r'^detector_evictions_total\{table="streams_evicted",reason="[^"]+"\} 0$', metrics, re.M), metrics
+    assert re.search(r'^detector_state\{table="streams"\} \d+$', metrics, re.M)
+    assert re.search(r"^detector_storm_aggregates_total 0$", metrics, re.M)
 
     # SIGHUP with a changed pack: the test-only name alerts now, the old one no more.
     pack.write_text(PACK.format(name="after.kdl-test.example.net"))

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import bounds
 from ..errors import DetectorError
 from .fast import LINKS
 
@@ -531,6 +532,7 @@ class Worker:
             "fragments_evicted": getattr(det.ip, "frag_evicted", 0),
             "generation": self.gen,
         }
+        out.update({f"state_{k}": v for k, v in bounds.state(det).items()})  # every bounded table
         return out
 
     def _control(self) -> bool:

@@ -9,6 +9,14 @@ Supported:
 - pcapng: any number of sections and interfaces, a link type per interface, ``if_tsresol``
   and ``if_tsoffset``; enhanced, simple and obsolete packet blocks; other blocks skipped;
 - gzip, bzip2 and xz compression, recognised by magic bytes (not by file name).
+
+Hostile files: every warning names the byte offset (in the uncompressed stream) of the
+record or block it is about, and repeated ones are counted, not repeated (the warning text
+stays short whatever the file holds).  A record longer than ``MAX_RECORD`` or a block
+longer than ``MAX_RECORD + 64`` ends the file with a warning (nothing that size is ever
+allocated); a record longer than the file's own snaplen is read (libpcap does the same) and
+counted; a compressed stream that expands more than ``MAX_RATIO`` times past
+``RATIO_AFTER`` bytes is a decompression bomb: the rest is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ CHUNK = 1 << 20
 # A record longer than this cannot be real (libpcap's own ceiling is 256 KiB; jumbo frames
 # and 64 KiB loopback packets fit well below 1 MiB).  Beyond it the file is damaged.
 MAX_RECORD = 1 << 20
+MAX_RATIO = 200  # decompressed : compressed bytes (real captures: 2-20; deflate can reach ~1032, bzip2 far more)
+RATIO_AFTER = 16 << 20  # ... checked once this much was decompressed
+MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later (or negative) times cannot be written
+# The smallest length of each pcapng block type we read (header, fixed fields, trailer).
+MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20}
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -91,6 +104,9 @@ class CaptureFile:
         self._z_failed = False
         self.records = 0
         self.bytes = 0
+        self.offset = 0  # bytes of the (uncompressed) file consumed before the current buffer
+        self._decompressed = 0
+        self._repeats: dict[str, list[int]] = {}  # warning kind -> [count, first offset]
         self._fh = self._open(path)
 
     # -- opening -----------------------------------------------------------------------
@@ -150,10 +166,28 @@ class CaptureFile:
                 break
             parts.append(piece)
             got += len(piece)
+        self._decompressed += got
+        if self._decompressed > RATIO_AFTER and not self._z_failed:
+            packed = max(1, self._raw.tell())
+            if self._decompressed > MAX_RATIO * packed:
+                self._z_failed = True
+                self._warn(f"compressed data expands more than {MAX_RATIO}:1 ({self._decompressed:,} bytes from "
+                           f"{packed:,}) at offset {self._decompressed - got:,}: a decompression bomb? rest skipped")
+                return b""
         return b"".join(parts)
 
     def _warn(self, msg: str) -> None:
         self.warning = f"{self.warning}; {msg}" if self.warning else msg
+
+    def _repeat(self, kind: str, offset: int) -> None:
+        """A problem that may recur for every record: counted, reported once at the end."""
+        seen = self._repeats.setdefault(kind, [0, offset])
+        seen[0] += 1
+
+    def _report_repeats(self) -> None:
+        for kind, (n, first) in self._repeats.items():
+            self._warn(f"{n:,} {kind} (the first at offset {first:,})")
+        self._repeats.clear()
 
     def __iter__(self) -> Iterator[Record]:
         head = self._read(24)
@@ -174,36 +208,48 @@ class CaptureFile:
         if len(head) < 24:
             self._warn("file ends inside the pcap file header")
             return
+        try:
+            yield from self._pcap_records(head)
+        finally:
+            self._report_repeats()
+
+    def _pcap_records(self, head: bytes) -> Iterator[Record]:
         endian, unit = PCAP_MAGICS[head[:4]]
+        snaplen = struct.unpack_from(endian + "I", head, 16)[0]
         linktype = struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF
         rec_hdr = struct.Struct(endian + "IIII")
         buf = b""
         pos = 0
+        self.offset = 24
         read = self._read
         while True:
             if len(buf) - pos < 16:
                 more = read(CHUNK)
+                self.offset += pos
                 buf = buf[pos:] + more
                 pos = 0
                 if len(buf) < 16:
                     if buf:
-                        self._warn(f"file cut inside a record header after {self.records} records")
+                        self._warn(f"file cut inside a record header at offset {self.offset:,} after {self.records} records")
                     return
             sec, frac, caplen, wirelen = rec_hdr.unpack_from(buf, pos)
             if caplen > MAX_RECORD:
                 self._warn(
-                    f"damaged record after {self.records} records "
+                    f"damaged record at offset {self.offset + pos:,} after {self.records} records "
                     f"(captured length {caplen} is impossible); rest of file skipped"
                 )
                 return
+            if caplen > snaplen > 0:
+                self._repeat(f"record(s) longer than the file's snaplen {snaplen}", self.offset + pos)
             end = pos + 16 + caplen
             if end > len(buf):
                 more = read(max(CHUNK, caplen + 16))
+                self.offset += pos
                 buf = buf[pos:] + more
                 pos = 0
                 end = 16 + caplen
                 if end > len(buf):
-                    self._warn(f"file cut inside a packet after {self.records} records")
+                    self._warn(f"file cut inside a packet at offset {self.offset:,} after {self.records} records")
                     return
             self.records += 1
             self.bytes += caplen
@@ -211,18 +257,26 @@ class CaptureFile:
             pos = end
 
     def _iter_pcapng(self, head: bytes) -> Iterator[Record]:
+        try:
+            yield from self._pcapng_blocks(head)
+        finally:
+            self._report_repeats()
+
+    def _pcapng_blocks(self, head: bytes) -> Iterator[Record]:
         buf = head
         pos = 0
+        self.offset = 0
         endian = "<"
         interfaces: list[tuple[int, float, int]] = []  # linktype, ts unit, ts offset
         read = self._read
         while True:
             if len(buf) - pos < 12:
+                self.offset += pos
                 buf = buf[pos:] + read(CHUNK)
                 pos = 0
                 if len(buf) < 12:
                     if buf:
-                        self._warn(f"file cut inside a block header after {self.records} records")
+                        self._warn(f"file cut inside a block header at offset {self.offset:,} after {self.records} records")
                     return
             btype = buf[pos : pos + 4]
             if btype == PCAPNG_SHB:
@@ -232,26 +286,29 @@ class CaptureFile:
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     endian = ">"
                 else:
-                    self._warn("bad byte-order mark in a pcapng section header; rest skipped")
+                    self._warn(f"bad byte-order mark in a pcapng section header at offset {self.offset + pos:,}; rest skipped")
                     return
                 interfaces = []
             blocktype, blocklen = struct.unpack_from(endian + "II", buf, pos)
             if blocklen < 12 or blocklen % 4 or blocklen > MAX_RECORD + 64:
                 self._warn(
-                    f"damaged pcapng block after {self.records} records "
+                    f"damaged pcapng block at offset {self.offset + pos:,} after {self.records} records "
                     f"(block length {blocklen}); rest of file skipped"
                 )
                 return
             end = pos + blocklen
             if end > len(buf):
+                self.offset += pos
                 buf = buf[pos:] + read(max(CHUNK, blocklen))
                 pos = 0
                 end = blocklen
                 if end > len(buf):
-                    self._warn(f"file cut inside a block after {self.records} records")
+                    self._warn(f"file cut inside a block at offset {self.offset:,} after {self.records} records")
                     return
             body = pos + 8
-            if blocktype == 6 or blocktype == 2:  # enhanced / obsolete packet block
+            if blocklen < MIN_BLOCK.get(blocktype, 12):
+                self._repeat("pcapng block(s) too short for their type", self.offset + pos)
+            elif blocktype == 6 or blocktype == 2:  # enhanced / obsolete packet block
                 if blocktype == 6:
                     ifid, tsh, tsl, caplen, wirelen = struct.unpack_from(endian + "IIIII", buf, body)
                 else:
@@ -263,14 +320,13 @@ class CaptureFile:
                     linktype, unit, offset = interfaces[ifid]
                     self.records += 1
                     self.bytes += caplen
-                    yield (
-                        ((tsh << 32) | tsl) * unit + offset,
-                        linktype,
-                        buf[data_at : data_at + caplen],
-                        wirelen,
-                    )
+                    ts = ((tsh << 32) | tsl) * unit + offset
+                    if not 0.0 <= ts <= MAX_TS:
+                        self._repeat("record(s) with an impossible timestamp (read as 0)", self.offset + pos)
+                        ts = 0.0
+                    yield ts, linktype, buf[data_at : data_at + caplen], wirelen
                 else:
-                    self._warn(f"pcapng packet block with a bad interface or length after {self.records} records")
+                    self._repeat("pcapng packet block(s) with a bad interface or length", self.offset + pos)
             elif blocktype == 3:  # simple packet block: interface 0, no timestamp
                 if interfaces:
                     (wirelen,) = struct.unpack_from(endian + "I", buf, body)
@@ -290,7 +346,7 @@ def _idb_options(buf: bytes, pos: int, end: int, endian: str) -> tuple[float, in
     unit, offset = 1e-6, 0
     while pos + 4 <= end:
         code, length = struct.unpack_from(endian + "HH", buf, pos)
-        if code == 0:
+        if code == 0 or pos + 4 + length > end:
             break
         val = buf[pos + 4 : pos + 4 + length]
         if code == 9 and length >= 1:

@@ -43,6 +43,8 @@ GENERIC_EXT = frozenset(
     (IPProto.HOPOPT, IPProto.IPV6_ROUTE, IPProto.IPV6_OPTS, IPProto.MOBILITY, IPProto.HIP, IPProto.SHIM6)
 )
 MAX_EXT_HEADERS = 16
+MAX_FRAGMENTS = 256  # per datagram (64 KiB in 8-byte pieces would be 8192: a memory attack)
+FRAGMENT_OVERHEAD = 96  # bytes a held fragment costs beyond its payload (dict slot, bytes object)
 
 IPResult = tuple[str, str, int, bytes]
 
@@ -60,7 +62,7 @@ class _Pending:
 class IPDecoder:
     """Decodes IP headers and owns the fragment table (bounded in count, bytes and time)."""
 
-    def __init__(self, max_datagrams: int = 4096, max_bytes: int = 64 << 20, timeout: float = 30.0) -> None:
+    def __init__(self, max_datagrams: int = 4096, max_bytes: int = 16 << 20, timeout: float = 30.0) -> None:
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
         self.timeout = timeout
@@ -68,7 +70,8 @@ class IPDecoder:
         self._frag_bytes = 0
         self.fragments = 0
         self.reassembled = 0
-        self.frag_evicted = 0
+        self.frag_evicted = 0  # incomplete datagrams dropped (time out, table or byte budget full)
+        self.frag_too_many = 0  # datagrams dropped for more than MAX_FRAGMENTS pieces
         self._addr_cache: dict[bytes, str] = {}
         self.length = 0  # IP length of the datagram the last decode() returned
         self.cut = 0  # bytes of it the snaplen left out (unfragmented UDP only)
@@ -169,9 +172,15 @@ class IPDecoder:
             while len(self._frags) > self.max_datagrams or self._frag_bytes > self.max_bytes:
                 self._drop_oldest()
         if offset not in pend.parts:
+            if len(pend.parts) >= MAX_FRAGMENTS:
+                del self._frags[key]
+                self._frag_bytes -= pend.size
+                self.frag_too_many += 1
+                raise DecodeError("ip-too-many-fragments")
             pend.parts[offset] = payload
-            pend.size += len(payload)
-            self._frag_bytes += len(payload)
+            cost = len(payload) + FRAGMENT_OVERHEAD
+            pend.size += cost
+            self._frag_bytes += cost
             while self._frag_bytes > self.max_bytes and self._frags:
                 self._drop_oldest()
             if key not in self._frags:

@@ -51,6 +51,7 @@ from .common import (
     ip_version,
     product_version,
     severity_level,
+    storm_fields,
 )
 
 CEF_VERSION = "0"
@@ -138,7 +139,12 @@ def extension(alert: Alert) -> list[tuple[str, str]]:
     if d.get("resolved_by"):
         msg = str(d["resolved_by"])
     if d.get("truncated"):  # the snaplen cut the message: names read from what was captured
-        pairs += [("flexString1Label", "Evidence Truncated"), ("flexString1", "true")]
+        pairs += [("cfp1Label", "Evidence Truncated"), ("cfp1", "1")]
+    storm = dict(storm_fields(alert))  # an alert-storm aggregate (storm.py)
+    if storm:
+        pairs += [("cn3Label", "Storm Distinct Names"), ("cn3", str(storm["storm_distinct_names"]))]
+        msg = (f"alert storm: {storm['storm_distinct_names']} more distinct names from this client under this "
+               f"signature in {storm['storm_window_seconds']} s; sample: {LIST_SEPARATOR.join(storm['storm_sample_names'])}")
     pairs.append(("msg", msg))
     pairs += [
         ("flexString1Label", "Source Grade"), ("flexString1", sig.source_grade),

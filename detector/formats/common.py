@@ -36,6 +36,27 @@ _ABSOLUTE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)$", re.DOTALL
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def storm_fields(alert: Alert) -> list[tuple[str, str | list[str]]]:
+    """An alert-storm aggregate's extra fields (``storm.StormInfo``), the same keys in every
+    format; empty for an ordinary alert.  ``storm_sample_names`` is a list (joined with
+    ``LIST_SEPARATOR`` by the text formats)."""
+    s = alert.storm
+    if s is None:
+        return []
+    return [
+        ("storm_distinct_names", str(s.distinct_names)),
+        ("storm_distinct_exact", "true" if s.exact else "false"),
+        ("storm_sample_names", [str(n) for n in s.sample]),
+        ("storm_threshold", str(s.threshold)),
+        ("storm_window_seconds", f"{s.window:g}"),
+    ]
+
+
+def storm_text(alert: Alert) -> list[tuple[str, str]]:
+    """``storm_fields`` with the sample joined, for the key=value formats."""
+    return [(k, v if isinstance(v, str) else LIST_SEPARATOR.join(v)) for k, v in storm_fields(alert)]
+
+
 def no_surrogates(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj.translate(SURROGATES)

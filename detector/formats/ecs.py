@@ -49,6 +49,7 @@ from .common import (
     pack_name,
     product_version,
     severity_level,
+    storm_text,
 )
 
 ECS_VERSION = "9.4.0"
@@ -262,6 +263,7 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         labels["source_urls"] = LIST_SEPARATOR.join(sig.source_urls)
     if alert.source_file:
         labels["pcap_filename"] = alert.source_file
+    labels.update(storm_text(alert))  # an alert-storm aggregate (storm.py)
     out["labels"] = {k: v for k, v in labels.items() if v}
     return out
 

@@ -25,6 +25,7 @@ from typing import Any
 from ..model import Alert, Evidence
 from .common import _ABSOLUTE as ABSOLUTE_URL
 from .common import _port as authority_port
+from .common import storm_fields
 
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 ENSURE_ASCII = True
@@ -146,6 +147,8 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
     if "port_confidence" in meta:
         meta["confidence"] = meta.pop("port_confidence")
+    for key, val in storm_fields(alert):  # an alert-storm aggregate (storm.py)
+        meta[key] = val if isinstance(val, list) else [val]
     out: dict[str, Any] = {
         "timestamp": timestamp(alert.first_seen),
         "flow_id": obs.flow_id,

@@ -37,6 +37,7 @@ from .common import (
     http_url,
     product_version,
     severity_level,
+    storm_text,
 )
 
 LEEF_VERSION = "2.0"
@@ -142,6 +143,7 @@ def attributes(alert: Alert) -> list[tuple[str, str]]:
     ]
     if alert.source_file:
         pairs.append(("pcapFile", alert.source_file))
+    pairs += storm_text(alert)  # an alert-storm aggregate (storm.py)
     return [(k, v) for k, v in pairs if v]
 
 

@@ -58,6 +58,7 @@ from .common import (
     names_server,
     product_version,
     severity_level,
+    storm_fields,
 )
 
 OCSF_VERSION = "1.8.0"
@@ -241,6 +242,8 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         unmapped["vlan"] = list(obs.vlan)
     if alert.source_file:
         unmapped["pcap_filename"] = alert.source_file
+    for key, val in storm_fields(alert):  # an alert-storm aggregate (storm.py)
+        unmapped[key] = val if isinstance(val, list) else int(val) if val.isdigit() else val
     return {
         "activity_id": ACTIVITY_ID,
         "activity_name": ACTIVITY_NAME,

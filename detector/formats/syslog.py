@@ -45,7 +45,7 @@ import enum
 from datetime import datetime, timezone
 
 from ..model import Alert
-from .common import VISIBLE, iso_utc, severity_level
+from .common import VISIBLE, iso_utc, severity_level, storm_text
 
 
 class Facility(enum.IntEnum):
@@ -146,6 +146,7 @@ def sd_params(alert: Alert) -> list[tuple[str, str]]:
         ("hostname", obs.hostname),
         ("evidence", obs.evidence.value),
         ("count", str(alert.count)),
+        *storm_text(alert),  # an alert-storm aggregate (storm.py)
     ]
 
 

@@ -117,10 +117,72 @@ def _question(n: dns.name.Name, rdtype: int) -> DnsQuestion:
     return DnsQuestion(name_text(labels), dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype)), labels)
 
 
+_PLAIN_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*"
+_TYPE_TEXT: dict[int, str] = {}
+_RCODE_TEXT = {v: dns.rcode.to_text(v) for v in range(16)}  # type: ignore[arg-type]  # (any int is taken)
+
+
+def _simple(wire: bytes) -> DnsMessage | None:
+    """The common message in a few slices, without dnspython: one question whose labels
+    need no escaping and no compression, and either a query (only its question is read,
+    as below) or an answer with no records at all (NXDOMAIN, NODATA without EDNS).
+    None for anything else, which dnspython then parses; ``test_dns`` checks both agree."""
+    qd, an, ns, ar = wire[4:6], wire[6], wire[8:10], wire[10:12]
+    qr = wire[2] & 0x80
+    if qd != b"\x00\x01" or (qr and (an or wire[7] or ns != b"\x00\x00" or ar != b"\x00\x00")):
+        return None
+    pos = 12
+    dots: list[int] = []  # where the length bytes are, in the name
+    end = len(wire)
+    while True:
+        if pos >= end:
+            return None
+        n = wire[pos]
+        if n == 0:
+            break
+        if n > 63:
+            return None
+        dots.append(pos - 12)
+        pos += 1 + n
+    if not dots or pos - 12 + 1 > 255 or pos + 5 > end:
+        return None
+    name = bytearray(wire[12:pos])
+    for d in dots:
+        name[d] = 0x61  # a plain byte, so that one translate() checks every label byte
+    if name.translate(None, _PLAIN_BYTES):
+        return None
+    for d in dots:
+        name[d] = 0x2E
+    qtype = (wire[pos + 1] << 8) | wire[pos + 2]
+    ttext = _TYPE_TEXT.get(qtype)
+    if ttext is None:
+        ttext = _TYPE_TEXT[qtype] = dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]  # (any int is taken)
+    flags = (wire[2] << 8) | wire[3]
+    text = name[1:].decode("ascii")
+    return DnsMessage(
+        id=(wire[0] << 8) | wire[1],
+        qr=bool(qr),
+        opcode=(flags >> 11) & 0xF,
+        rcode=_RCODE_TEXT[flags & 0xF],
+        flags=flags,
+        questions=(DnsQuestion(text, ttext, tuple(text.split("."))),),
+        answers=(),
+    )
+
+
 def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
     """``cut``: the capture's snaplen cut the datagram, so ``wire`` may end anywhere."""
     if len(wire) < 12:
         raise DecodeError("dns-truncated-header")
+    if not cut:
+        simple = _simple(wire)
+        if simple is not None:
+            return simple
+    return _full(wire, cut)
+
+
+def _full(wire: bytes, cut: bool = False) -> DnsMessage:
+    """Any message, by dnspython (or as far as its bytes go, when ``cut``)."""
     try:
         if cut:
             return _parse_cut(wire)

@@ -321,9 +321,12 @@ ConnKey = tuple[str, int, bytes]
 class QuicTracker:
     """Reassembles client Initial CRYPTO data per connection and yields ClientHellos."""
 
-    def __init__(self, max_conns: int = 4096, max_crypto: int = 64 * 1024, timeout: float = 30.0) -> None:
+    def __init__(self, max_conns: int = 4096, max_crypto: int = 64 * 1024, timeout: float = 30.0,
+                 max_bytes: int = 16 << 20) -> None:
         self.max_conns = max_conns
         self.max_crypto = max_crypto
+        self.max_bytes = max_bytes  # CRYPTO bytes held over all connections
+        self.buffered = 0
         self.timeout = timeout
         self.counters: Counter[str] = Counter()
         self.last_version = 0  # QUIC version of the connection whose ClientHello was returned last
@@ -453,13 +456,23 @@ class QuicTracker:
         if conn.done:
             self.counters["after-hello"] += 1
             return None
+        before = conn.stored
         try:
             for offset, chunk in parse_initial_frames(plain):
                 conn.add(offset, chunk, self.max_crypto)
             hello = self._hello(conn)
         except DecodeError:
+            self.buffered += conn.stored - before
             self._finish(conn)  # decided: later packets of this connection are ignored
             raise
+        self.buffered += conn.stored - before
+        while self.buffered > self.max_bytes and len(self._conns) > 1:
+            old = next(iter(self._conns))
+            if old == key:
+                self._conns.move_to_end(key)
+                continue
+            self._drop(old)
+            self.counters["evicted-bytes"] += 1
         if hello is not None:
             self.counters["client-hello"] += 1
             self.last_version = conn.version
@@ -484,14 +497,17 @@ class QuicTracker:
             raise DecodeError(f"quic-{exc.reason}") from None
 
     # -- table upkeep --------------------------------------------------------------------
-    @staticmethod
-    def _finish(conn: _Conn) -> None:
+    def _finish(self, conn: _Conn) -> None:
+        self.buffered -= conn.stored
+        conn.stored = 0
         conn.done = True
         conn.chunks = []
         conn.ranges = []
 
     def _drop(self, key: ConnKey) -> None:
-        self._conns.pop(key, None)
+        conn = self._conns.pop(key, None)
+        if conn is not None:
+            self.buffered -= conn.stored
         addr = (key[0], key[1])
         if self._by_addr.get(addr) == key:
             del self._by_addr[addr]

@@ -29,7 +29,9 @@ def cert_names(der: bytes) -> tuple[str, list[str]]:
             names += san.value.get_values_for_type(x509.DNSName)
         except x509.ExtensionNotFound:
             pass
-    except (ValueError, TypeError, UnicodeError) as exc:
+    except (ValueError, TypeError, UnicodeError, x509.InvalidVersion) as exc:
+        # InvalidVersion (a version field other than v1/v3) is no ValueError: found by
+        # tests/fuzz/run.py (tests/fuzz/regressions/x509-3c0ddc6c031e.bin).
         raise DecodeError("x509-malformed", type(exc).__name__) from None
     seen: dict[str, None] = {}
     for n in names[: MAX_NAMES * 2]:
