@@ -3,14 +3,15 @@
 #
 #     bash benchmarks/run.sh [--runs N] [--rebuild] [--detector-args "ARGS"] [--no-install]
 #
-#   1. installs what is missing: Suricata 7 from bookworm-backports (the backports line
-#      uses the same mirror host as /etc/apt/sources.list.d/debian.sources), tcpdump,
+#   1. installs what is missing: Suricata 7 from bookworm-backports (tests/install_suricata.sh,
+#      shared with the test suite), tcpdump,
 #      tshark and the lab's servers/clients (dnsmasq, nginx, dig, curl, openssl, ethtool);
 #      creates .venv with the detector if it is missing;
 #   2. builds benchmarks/_work/bench.pcap + truth.json with make_capture.py if they are
 #      missing (or with --rebuild): ~1 minute of real traffic between two network
 #      namespaces, then a tshark check of the ground truth;
-#   3. writes the Suricata rules (suricata_rules.py) and validates them with suricata -T;
+#   3. writes the Suricata rules (`detector export suricata`, via suricata_rules.py) and
+#      validates them with suricata -T;
 #   4. runs detector, suricata and tcpdump N times each, alternating (run_bench.py), and
 #      writes benchmarks/_work/results.md (+ results.json).
 # The matcher micro-benchmark is separate: .venv/bin/python benchmarks/matcher_bench.py
@@ -44,15 +45,6 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------------------
 # 1. peers
 # ---------------------------------------------------------------------------
-mirror_host() {  # the Debian mirror this machine already uses (deb822 or one-line format)
-    local u
-    u=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    if [ -z "$u" ]; then
-        u=$(awk '$1 == "deb" && $0 ~ /bookworm/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    fi
-    echo "${u:-http://deb.debian.org/debian}"
-}
-
 suricata_ok() { command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -q 'version 7\.'; }
 
 if [ "$INSTALL" = 1 ]; then
@@ -61,27 +53,15 @@ if [ "$INSTALL" = 1 ]; then
                 curl:curl openssl:openssl ethtool:ethtool ip:iproute2 tc:iproute2; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
     done
-    if ! suricata_ok || [ ${#need[@]} -gt 0 ]; then
+    if [ ${#need[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
-        if ! suricata_ok; then
-            url=$(mirror_host)
-            line="deb $url bookworm-backports main"
-            if ! grep -qsF "$line" /etc/apt/sources.list.d/backports.list; then
-                log "adding bookworm-backports ($url) in /etc/apt/sources.list.d/backports.list"
-                echo "$line" >/etc/apt/sources.list.d/backports.list
-            fi
-        fi
         log "apt-get update"
         apt-get update -qq
-        if [ ${#need[@]} -gt 0 ]; then
-            log "installing ${need[*]}"
-            apt-get install -y -qq "${need[@]}" >/dev/null
-        fi
-        if ! suricata_ok; then
-            log "installing suricata from bookworm-backports"
-            apt-get install -y -qq -t bookworm-backports suricata >/dev/null
-        fi
+        log "installing ${need[*]}"
+        apt-get install -y -qq "${need[@]}" >/dev/null
     fi
+    # Suricata 7 from bookworm-backports: the same installer the test suite uses
+    suricata_ok || bash "$REPO/tests/install_suricata.sh"
 fi
 suricata_ok || die "Suricata 7 is not installed (drop --no-install)"
 command -v tcpdump >/dev/null && command -v tshark >/dev/null || die "tcpdump/tshark missing"

@@ -54,7 +54,8 @@ def write_bundle(bundle: Bundle, output: str | None, stdout: IO[bytes] | None = 
     """Write the bundle: one file to ``output`` (or standard output when it is None or
     ``-``); several files into the directory ``output``, or one ``.tar.gz`` when
     ``output`` ends so.  Returns the paths written."""
-    if output and output.endswith((".tar.gz", ".tgz")):
+    archive = len(bundle) == 1 and next(iter(bundle)).endswith((".tar.gz", ".tgz"))  # already one
+    if output and output.endswith((".tar.gz", ".tgz")) and not archive:
         with open(output, "wb") as fh:
             fh.write(tar_gz(bundle))
         return [output]
