@@ -51,6 +51,14 @@ def tar_gz(bundle: Bundle, mtime: int = 0) -> bytes:
 
 
 def write_bundle(bundle: Bundle, output: str | None, stdout: IO[bytes] | None = None) -> list[str]:
+    """Write the bundle (see ``_write``); an OSError is a ConfigError naming the path."""
+    try:
+        return _write(bundle, output, stdout)
+    except OSError as exc:
+        raise ConfigError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+
+
+def _write(bundle: Bundle, output: str | None, stdout: IO[bytes] | None) -> list[str]:
     """Write the bundle: one file to ``output`` (or standard output when it is None or
     ``-``); several files into the directory ``output``, or one ``.tar.gz`` when
     ``output`` ends so.  Returns the paths written."""

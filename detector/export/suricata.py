@@ -45,6 +45,7 @@ from .common import Bundle, ExportOptions, tar_gz
 
 VERSIONS = (7, 8)
 DATASET_THRESHOLD = 64
+MAX_HASHSIZE = 262144
 SID_MAX = 0xFFFFFFFF
 # (app-layer protocol, sticky buffer, sid base, slots, takes nocase, trailing-dot twin)
 PROTOCOLS = (
@@ -117,7 +118,9 @@ def dataset_lines(sig: Signature) -> bytes:
 
 def _dataset_body(sig: Signature, buffer: str, lower: bool) -> str:
     n = 2 * len(sig.names)
-    hashsize = 1 << max(10, (n - 1).bit_length())
+    # Suricata 7's default datasets.limits.single-hashsize is 262144 rows: larger sets
+    # chain (a few entries a row), so the rules load with Suricata's configuration unchanged
+    hashsize = min(MAX_HASHSIZE, 1 << max(10, (n - 1).bit_length()))
     memcap = max(16, (n * 160) >> 20)
     low = " to_lowercase;" if lower else ""
     return (f"{buffer};{low} dataset:isset,{dataset_name(sig)},type string,load {dataset_name(sig)}.lst,"
