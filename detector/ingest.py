@@ -15,13 +15,16 @@ import argparse
 import ipaddress
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .aggregate import Upgrade
 from .capture.logs import LogEvent, LogStats, read_log
 from .errors import CaptureError
+from .live import LiveDedup
 from .model import Alert, Evidence
 from .outputs import open_outputs
 from .parsers import http as httpp
@@ -130,9 +133,11 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def ingest(det: Detector, paths: list[str], emit: Callable[[list[Alert]], None], stats: LogStats) -> list[str]:
-    """Read every file into ``det``; alerts that become ready go to ``emit``.  Returns the
-    files that could not be read (one message each)."""
+def ingest(det: Detector, paths: list[str], emit: Callable[[list[Alert]], None], stats: LogStats,
+           after: Callable[[LogEvent], None] | None = None) -> list[str]:
+    """Read every file into ``det``; alerts that become ready go to ``emit`` (``after`` is
+    called after every record: the streaming mode's emission).  Returns the files that
+    could not be read (one message each)."""
     feeder = Feeder(det)
     failed: list[str] = []
     for path in paths:
@@ -148,6 +153,8 @@ def ingest(det: Detector, paths: list[str], emit: Callable[[list[Alert]], None],
                     continue
                 if out:
                     emit(out)
+                if after is not None:
+                    after(ev)
         except CaptureError as exc:
             failed.append(str(exc))
     return failed
@@ -179,7 +186,12 @@ def run_ingest(args: argparse.Namespace, sigs: SignatureSet) -> int:
     outs = open_outputs(args.output or [], spool_dir=args.spool, ca=None, hostname=args.sensor_name)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: outs.reopen())
-    det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug)
+    # Standard input is a stream that may never end (tail -F eve.json): there an alert is
+    # written --settle seconds after its first record, as `live` does (LiveDedup), instead
+    # of when its de-duplication window closes.
+    stream = "-" in args.paths and not args.no_dedup
+    det = Detector(sigs, dedup=not args.no_dedup, window=args.dedup_window, strict=args.debug, collect=stream)
+    live = LiveDedup(args.dedup_window, args.settle) if stream else None
     stats = LogStats()
     written = 0
     start = time.perf_counter()
@@ -188,15 +200,59 @@ def run_ingest(args: argparse.Namespace, sigs: SignatureSet) -> int:
         nonlocal written
         for a in alerts:
             outs.emit(a)
+            if stream:
+                det.stats.note_alert(a)
         written += len(alerts)
+
+    lock = threading.Lock()  # the ticker below and the reader share `live` and the outputs
+
+    def after(ev: LogEvent) -> None:
+        assert live is not None
+        now = time.monotonic()
+        out: list[Alert] = []
+        with lock:
+            for m in det.collected:
+                if isinstance(m, Upgrade):
+                    live.upgrade(m.key, m.strength)
+                else:
+                    out += live.add(m, now)
+            det.collected.clear()
+            out += live.expire(ev.ts) + live.due(now)
+            if out:
+                emit(out)
+                outs.flush(0.0)  # files and standard output now; network queues send on their own
+
+    stop = threading.Event()
+
+    def ticker() -> None:
+        """A quiet stream still gets its alerts once they have settled."""
+        assert live is not None
+        while not stop.wait(max(0.05, args.settle / 2)):
+            with lock:
+                out = live.due(time.monotonic())
+                if out:
+                    emit(out)
+                    outs.flush(0.0)
+
+    if stream:
+        threading.Thread(target=ticker, name="ingest-settle", daemon=True).start()
+
+    def finish() -> None:
+        stop.set()
+        if live is not None:
+            after(LogEvent("flow", 0.0, "", 0, "", 0, 0, ""))
+            with lock:
+                emit(live.flush())
+        else:
+            emit(det.flush())
 
     failed: list[str] = []
     try:
-        failed = ingest(det, list(args.paths), emit, stats)
-        emit(det.flush())
+        failed = ingest(det, list(args.paths), emit, stats, after if stream else None)
+        finish()
     except KeyboardInterrupt:
         sys.stderr.write("detector: interrupted; writing the alerts found so far\n")
-        emit(det.flush())
+        finish()
     finally:
         outs.close(args.output_timeout)
     for msg in failed:
@@ -227,6 +283,9 @@ def add_parser(sub: argparse._SubParsersAction, sig_opts: Callable, only_opt: Ca
     i.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
     i.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
                    help="aggregate repeated hits per (client, signature, name, evidence) over this much log time (default 3600)")
+    i.add_argument("--settle", type=float, default=0.5, metavar="SECONDS",
+                   help="reading standard input: write an alert this long after its first record, as live does "
+                   "(default 0.5; files are written when their de-duplication window closes, as replay does)")
     i.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
     sig_opts(i)
     only_opt(i)

@@ -8,6 +8,7 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 
 from detector.capture.logs import LogStats, read_log
 from detector.capture.logs.eve import dns_name
@@ -216,3 +217,28 @@ def test_cli_reads_standard_input(tmp_path):
     out = [json.loads(x) for x in p.stdout.splitlines()]
     assert [o["alert"]["metadata"]["hostname"] for o in out] == [["s05.upd.kaspersky.com"]]
     assert b"malformed lines skipped: 1" in p.stderr and b"-:2: not JSON" in p.stderr
+
+
+def test_standard_input_writes_an_alert_before_the_stream_ends():
+    """tail -F eve.json | detector ingest -: the alert comes out --settle after its record,
+    while the stream is still open (not at the end of the window, as for files)."""
+    good = eve("dns", {"version": 2, "type": "query", "id": 1, "rrname": "s05.upd.kaspersky.com", "rrtype": "A", "tx_id": 0})
+    other = eve("dns", {"version": 2, "type": "query", "id": 2, "rrname": "www.example.org", "rrtype": "A", "tx_id": 1})
+    p = subprocess.Popen([sys.executable, "-m", "detector", "ingest", "--settle", "0.2", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    guard = threading.Timer(60, p.kill)  # a run that holds the alert back fails instead of hanging
+    guard.start()
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write((other + "\n" + good + "\n").encode())
+        p.stdin.flush()
+        line = p.stdout.readline()  # held to the end of the stream, this would hang (the suite's timeout)
+        assert json.loads(line)["alert"]["metadata"]["hostname"] == ["s05.upd.kaspersky.com"]
+        p.stdin.write((good.replace('"tx_id": 0', '"tx_id": 5') + "\n").encode())
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+        assert p.stdout.read() == b""  # the repeat inside the window only counts
+    finally:
+        guard.cancel()
+        if p.poll() is None:
+            p.kill()
