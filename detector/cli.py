@@ -1,4 +1,4 @@
-"""Command line: ``detector replay``, ``detector signatures check|list``.
+"""Command line: ``detector replay``, ``live``, ``ingest``, ``export``, ``signatures check|list``.
 
 The only place that maps errors to exit statuses:
   0  the run completed (with or without alerts; damaged-but-readable files only warn)
