@@ -62,6 +62,9 @@ class Feeder:
     def feed(self, ev: LogEvent) -> list[Alert]:
         det, f = self.det, ev.fields
         args = (ev.client, ev.cport, ev.server, ev.sport, ev.proto)
+        if ev.kind == "named":  # a prefiltered record: its flow has a host name (not ours)
+            self._flow(ev.flow).named = True
+            return []
         if ev.kind == "dns":
             assert ev.dns is not None
             return det.log_dns(ev.ts, *args, ev.dns, ev.vlan)
@@ -143,7 +146,8 @@ def ingest(det: Detector, paths: list[str], emit: Callable[[list[Alert]], None],
     for path in paths:
         det.set_source(None if path == "-" else path)
         try:
-            for ev in read_log(path, stats):
+            anchors = det.matcher.dns_anchors
+            for ev in read_log(path, stats, tuple(a[1:] for a in anchors) if anchors is not None else None):
                 try:
                     out = feeder.feed(ev)
                 except Exception as exc:  # a bug must not stop a run: count it, say which
@@ -166,6 +170,8 @@ def summary(det: Detector, stats: LogStats, seconds: float, written: int) -> str
            f"files: {', '.join(f'{v} {k}' for k, v in sorted(stats.formats.items())) or 'none'}"]
     if stats.records:
         out.append("  records: " + ", ".join(f"{k} {v}" for k, v in stats.records.most_common()))
+    if stats.prefiltered:
+        out.append(f"  records holding no signature's label (not parsed): {stats.prefiltered}")
     if stats.ignored:
         out.append("  not used: " + ", ".join(f"{k} {v}" for k, v in stats.ignored.most_common()))
     if stats.malformed:

@@ -118,8 +118,8 @@ def test_eve_flow_port_and_learned_address(tmp_path):
 
 def test_malformed_lines_are_counted_with_line_numbers(tmp_path):
     good = eve("dns", {"version": 2, "type": "query", "id": 1, "rrname": "s05.upd.kaspersky.com", "rrtype": "A", "tx_id": 0})
-    text = "\n".join([good, "{not json", '["a list"]', json.dumps({"event_type": "dns", "timestamp": "yesterday"}),
-                      eve("dns", {"version": 2, "type": "query", "rrname": 5}), good[: len(good) // 2],
+    text = "\n".join([good, "{not json", '["a list"]', json.dumps({"event_type": "dns", "timestamp": "yesterday", "x": "kaspersky"}),
+                      eve("dns", {"version": 2, "type": "query", "rrname": 5}, note="kaspersky"), good[: len(good) // 2],
                       good.replace('"tx_id": 0', '"tx_id": 1')]) + "\n"
     alerts, stats, failed = run(tmp_path, text)
     assert not failed and len(alerts) == 1 and alerts[0].count == 2
@@ -242,3 +242,26 @@ def test_standard_input_writes_an_alert_before_the_stream_ends():
         guard.cancel()
         if p.poll() is None:
             p.kill()
+
+
+def test_prefiltered_named_flow_is_not_hostless(tmp_path):
+    """A record holding no signature label is not parsed, but a TLS record with a name of
+    its own still keeps its flow from being attributed to an address learned from DNS (a
+    shared CDN address); an IP-literal Host does not."""
+    lines = [
+        eve("dns", {"version": 2, "type": "query", "id": 7, "rrname": "activation-v2.kaspersky.com", "rrtype": "A", "tx_id": 0}),
+        eve("dns", {"version": 2, "type": "answer", "id": 7, "rrname": "activation-v2.kaspersky.com", "rrtype": "A",
+                    "rcode": "NOERROR", "answers": [{"rrname": "activation-v2.kaspersky.com", "rrtype": "A", "ttl": 60,
+                                                     "rdata": "198.18.0.7"}]}),
+        eve("tls", {"sni": "www.example.org", "version": "TLS 1.3"}, flow_id=11, dst="198.18.0.7", proto="TCP", dport=443),
+        eve("flow", None, flow_id=11, dst="198.18.0.7", proto="TCP", dport=443, app_proto="tls",
+            flow={"pkts_toserver": 5, "pkts_toclient": 5, "start": T}),
+        eve("http", {"hostname": "198.18.0.7", "url": "/", "http_method": "GET"}, flow_id=12, dst="198.18.0.7",
+            proto="TCP", dport=80, tx_id=0),
+        eve("flow", None, flow_id=12, dst="198.18.0.7", proto="TCP", dport=80, app_proto="http",
+            flow={"pkts_toserver": 5, "pkts_toclient": 5, "start": T}),
+    ]
+    alerts, stats, _ = run(tmp_path, "\n".join(lines))
+    assert stats.prefiltered == 2
+    learned = [a for a in alerts if a.observation.evidence.value == "ip-from-dns"]
+    assert [a.observation.server_port for a in learned] == [80]

@@ -28,7 +28,7 @@ MAX_LINE = 1 << 20  # a longer line is malformed (read in pieces, never held who
 
 @dataclass(frozen=True, slots=True)
 class LogEvent:
-    kind: str  # "dns", "tls", "quic", "http", "flow"
+    kind: str  # "dns", "tls", "quic", "http", "flow"; "named": only ``flow`` (it has a host name)
     ts: float
     client: str
     cport: int
@@ -47,6 +47,7 @@ class LogStats:
     records: Counter[str] = field(default_factory=Counter)  # by sensor record type
     ignored: Counter[str] = field(default_factory=Counter)  # records we have no use for
     malformed: int = 0
+    prefiltered: int = 0  # EVE records that cannot name anything we match: not parsed
     malformed_lines: list[str] = field(default_factory=list)  # "file:line: why"
     formats: Counter[str] = field(default_factory=Counter)  # files by format
 
@@ -86,8 +87,9 @@ def lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
         yield n, line.rstrip(b"\r\n")
 
 
-def read_log(path: str, stats: LogStats) -> Iterator[LogEvent]:
-    """Events of one log file; its format is told from its first non-empty line."""
+def read_log(path: str, stats: LogStats, anchors: tuple[bytes, ...] | None = None) -> Iterator[LogEvent]:
+    """Events of one log file; its format is told from its first non-empty line.
+    ``anchors``: see ``eve.read`` (EVE only)."""
     from . import eve, zeek
 
     fh = _open(path)
@@ -112,7 +114,7 @@ def read_log(path: str, stats: LogStats) -> Iterator[LogEvent]:
         kind = eve.sniff(line)
         if kind == "eve":
             stats.formats["suricata-eve"] += 1
-            yield from eve.read(path, _chain(first, it), stats)
+            yield from eve.read(path, _chain(first, it), stats, anchors)
         elif kind == "zeek-json":
             stats.formats["zeek-json"] += 1
             yield from zeek.read_json(path, _chain(first, it), stats)

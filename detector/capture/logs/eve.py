@@ -164,6 +164,25 @@ def dns_message(d: dict) -> tuple[DnsMessage, bool] | None:
     return None
 
 
+_NAME_FIELD = re.compile(rb'"(?:sni|hostname)"\s*:\s*"([^"]*)"')
+_FLOW_ID = re.compile(rb'"flow_id"\s*:\s*(\d+)')
+
+
+def _named_flow(line: bytes) -> str | None:
+    """The flow id of a prefiltered tls/quic/http record that names a host (not an IP
+    literal): that flow is not one "without a host name" (``ip-from-dns``)."""
+    m = _NAME_FIELD.search(line)
+    if m is None or not m.group(1):
+        return None
+    try:
+        ipaddress.ip_address(m.group(1).decode("ascii", "replace").strip("[]"))
+        return None
+    except ValueError:
+        pass
+    f = _FLOW_ID.search(line)
+    return f.group(1).decode() if f else None
+
+
 class _Seen:
     """Bounded set of the transactions already read (an alert and its protocol record)."""
 
@@ -180,7 +199,15 @@ class _Seen:
         return True
 
 
-def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats) -> Iterator[LogEvent]:
+def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats,
+         anchors: tuple[bytes, ...] | None = None) -> Iterator[LogEvent]:
+    """``anchors``: labels (lower case) of which every signature pattern holds one
+    (``Matcher.dns_anchors`` without the length byte).  A record holding none of them and
+    no ``"flow"`` object (flow records: ports, addresses learned from DNS) cannot name
+    anything we match, so it is counted (``prefiltered``) and not parsed: most of a
+    sensor's log, at the cost of a byte search.  (So such a record's fields are not
+    validated either: only lines that are not one JSON object, or records that could
+    match, are reported as malformed.)"""
     seen = _Seen()
     for n, line in lines:
         stats.lines += 1
@@ -189,6 +216,16 @@ def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats) 
             continue
         if not line.strip():
             continue
+        # (only a line that looks like one JSON object: anything else is parsed, and counted
+        # as malformed, whatever it holds)
+        if anchors is not None and b'"flow"' not in line and line[:1] == b"{" and line.rstrip()[-1:] == b"}":
+            low = line.lower()
+            if not any(a in low for a in anchors):
+                stats.prefiltered += 1
+                named = _named_flow(line)
+                if named is not None:  # the flow has a host name of its own (not ours)
+                    yield LogEvent("named", 0.0, "", 0, "", 0, 0, named)
+                continue
         try:
             rec = json.loads(line)
         except ValueError as exc:
