@@ -62,9 +62,6 @@ class Feeder:
     def feed(self, ev: LogEvent) -> list[Alert]:
         det, f = self.det, ev.fields
         args = (ev.client, ev.cport, ev.server, ev.sport, ev.proto)
-        if ev.kind == "named":  # a prefiltered record: its flow has a host name (not ours)
-            self._flow(ev.flow).named = True
-            return []
         if ev.kind == "dns":
             assert ev.dns is not None
             return det.log_dns(ev.ts, *args, ev.dns, ev.vlan)

@@ -28,7 +28,7 @@ MAX_LINE = 1 << 20  # a longer line is malformed (read in pieces, never held who
 
 @dataclass(frozen=True, slots=True)
 class LogEvent:
-    kind: str  # "dns", "tls", "quic", "http", "flow"; "named": only ``flow`` (it has a host name)
+    kind: str  # "dns", "tls", "quic", "http", "flow"
     ts: float
     client: str
     cport: int

@@ -164,23 +164,9 @@ def dns_message(d: dict) -> tuple[DnsMessage, bool] | None:
     return None
 
 
-_NAME_FIELD = re.compile(rb'"(?:sni|hostname)"\s*:\s*"([^"]*)"')
-_FLOW_ID = re.compile(rb'"flow_id"\s*:\s*(\d+)')
-
-
-def _named_flow(line: bytes) -> str | None:
-    """The flow id of a prefiltered tls/quic/http record that names a host (not an IP
-    literal): that flow is not one "without a host name" (``ip-from-dns``)."""
-    m = _NAME_FIELD.search(line)
-    if m is None or not m.group(1):
-        return None
-    try:
-        ipaddress.ip_address(m.group(1).decode("ascii", "replace").strip("[]"))
-        return None
-    except ValueError:
-        pass
-    f = _FLOW_ID.search(line)
-    return f.group(1).decode() if f else None
+# Records always parsed: flows (ports, addresses learned from DNS) and the protocols whose
+# records say whether a flow had a host name of its own and whether the server answered.
+_ALWAYS = (b'"flow"', b'"tls"', b'"http"', b'"quic"')
 
 
 class _Seen:
@@ -202,10 +188,10 @@ class _Seen:
 def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats,
          anchors: tuple[bytes, ...] | None = None) -> Iterator[LogEvent]:
     """``anchors``: labels (lower case) of which every signature pattern holds one
-    (``Matcher.dns_anchors`` without the length byte).  A record holding none of them and
-    no ``"flow"`` object (flow records: ports, addresses learned from DNS) cannot name
-    anything we match, so it is counted (``prefiltered``) and not parsed: most of a
-    sensor's log, at the cost of a byte search.  (So such a record's fields are not
+    (``Matcher.dns_anchors`` without the length byte).  A DNS (or other) record holding
+    none of them cannot name anything we match, so it is counted (``prefiltered``) and not
+    parsed, at the cost of a byte search; flow, tls, http and quic records are always
+    parsed (whether a flow had a host name of its own, whether the server answered).  (So such a record's fields are not
     validated either: only lines that are not one JSON object, or records that could
     match, are reported as malformed.)"""
     seen = _Seen()
@@ -218,13 +204,10 @@ def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats,
             continue
         # (only a line that looks like one JSON object: anything else is parsed, and counted
         # as malformed, whatever it holds)
-        if anchors is not None and b'"flow"' not in line and line[:1] == b"{" and line.rstrip()[-1:] == b"}":
+        if anchors is not None and line[:1] == b"{" and line.rstrip()[-1:] == b"}" and not any(k in line for k in _ALWAYS):
             low = line.lower()
             if not any(a in low for a in anchors):
                 stats.prefiltered += 1
-                named = _named_flow(line)
-                if named is not None:  # the flow has a host name of its own (not ours)
-                    yield LogEvent("named", 0.0, "", 0, "", 0, 0, named)
                 continue
         try:
             rec = json.loads(line)
