@@ -22,8 +22,10 @@ as Suricata's string datasets store them, the trailing-dot spelling beside each.
 Security Center ports: ``alert tcp|udp any any -> any PORT`` once per flow (a flowbit),
 ``alert tls`` when the signature requires TLS.
 
-Version 8 (``--suricata-version 8``) adds rules on the names in DNS answers
-(``dns.answers.rrname``), which Suricata 7 has no keyword for.
+Version 8 (``--suricata-version 8``) adds rules on the names in DNS responses
+(``dns.response.rrname``, Suricata 8.0: every record's owner name and the names CNAME, PTR,
+MX, NS and SOA records point at), which Suricata 7 has no keyword for.  They also fire on
+an answer whose owner is the query name itself, which the matcher reports as dns-query.
 
 sid: ``signature id * 1000 + protocol base + rule number`` (dns 0, tls 200, quic 400,
 http 600, dns answers 800, ports 900), so a sid names its signature whatever else the pack
@@ -54,7 +56,7 @@ PROTOCOLS = (
     ("quic", "quic.sni", 400, 200, True, True),
     ("http", "http.host", 600, 200, False, True),
 )
-DNS_ANSWER = ("dns", "dns.answers.rrname", 800, 100, True, False)
+DNS_ANSWER = ("dns", "dns.response.rrname", 800, 100, True, False)
 PORT_BASE, PORT_SLOTS = 900, 100
 CLASSTYPE = "policy-violation"
 RULES_FILE = "kaspersky.rules"
@@ -154,7 +156,7 @@ def _rules_for(sig: Signature, opts: ExportOptions) -> Iterator[tuple[int, str]]
         raise ConfigError(f"signature {sig.id}: id too large for a Suricata sid (id * 1000 + 999 must be at most {SID_MAX})")
     protos = list(PROTOCOLS) + ([DNS_ANSWER] if opts.suricata_version >= 8 else [])
     evidence = {"dns.query": "dns-query", "tls.sni": "tls-sni", "quic.sni": "quic-sni", "http.host": "http-host",
-                "dns.answers.rrname": "dns-answer"}
+                "dns.response.rrname": "dns-answer"}
     datasets = use_datasets(sig, opts)
     for app, buffer, base, slots, nocase, twin in protos:
         bodies: list[tuple[str, str]] = []  # (shown pattern, options)
