@@ -3,14 +3,15 @@
 #
 #     bash benchmarks/run.sh [--runs N] [--rebuild] [--detector-args "ARGS"] [--no-install]
 #
-#   1. installs what is missing: Suricata 7 from bookworm-backports (the backports line
-#      uses the same mirror host as /etc/apt/sources.list.d/debian.sources), tcpdump,
+#   1. installs what is missing: Suricata 7 from bookworm-backports (packaging/install-suricata.sh,
+#      shared with the test suite), tcpdump,
 #      tshark and the lab's servers/clients (dnsmasq, nginx, dig, curl, openssl, ethtool);
 #      creates .venv with the detector if it is missing;
 #   2. builds benchmarks/_work/bench.pcap + truth.json with make_capture.py if they are
 #      missing (or with --rebuild): ~1 minute of real traffic between two network
 #      namespaces, then a tshark check of the ground truth;
-#   3. writes the Suricata rules (suricata_rules.py) and validates them with suricata -T;
+#   3. writes the Suricata rules (`detector export suricata`, via suricata_rules.py) and
+#      validates them with suricata -T;
 #   4. runs detector, suricata and tcpdump N times each, alternating (run_bench.py), and
 #      writes benchmarks/_work/results.md (+ results.json).
 # The matcher micro-benchmark is separate: .venv/bin/python benchmarks/matcher_bench.py
@@ -59,7 +60,7 @@ if [ "$INSTALL" = 1 ]; then
         log "installing ${need[*]}"
         apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-    bash "$REPO/packaging/install-suricata.sh"   # Suricata 7 from bookworm-backports
+    suricata_ok || bash "$REPO/packaging/install-suricata.sh"   # Suricata 7 from bookworm-backports
 fi
 suricata_ok || die "Suricata 7 is not installed (drop --no-install)"
 command -v tcpdump >/dev/null && command -v tshark >/dev/null || die "tcpdump/tshark missing"

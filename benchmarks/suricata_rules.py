@@ -1,36 +1,14 @@
 #!/usr/bin/env python3
-"""suricata_rules.py - Suricata 7 rules equivalent to our signature packs (for the benchmark).
+"""suricata_rules.py - the Suricata rules for the benchmark: ``detector export suricata``.
 
     .venv/bin/python benchmarks/suricata_rules.py [--out benchmarks/_work/kaspersky.rules]
                                                   [--signatures PACK.yaml ...] [--validate]
 
-For every signature, every pattern and every protocol one rule (app-layer keywords
-``dns.query``, ``tls.sni``, ``http.host``):
-
-  exact name   dns.query; content:"s05.upd.kaspersky.com"; nocase; startswith; endswith;
-               (``startswith; endswith;`` = anchored at both ends; endswith is the same as
-               ``isdataat:!1,relative;``)
-  suffix       dns.query; dotprefix; content:".upd.kaspersky.com"; nocase; endswith;
-               dotprefix puts a '.' in front of the buffer, so this one rule matches the
-               bare suffix (".upd.kaspersky.com") and every name below it on a label
-               boundary, never "notupd.kaspersky.com"; a separate exact rule for the bare
-               suffix would only duplicate the alert (checked by --validate).
-  wildcard     dns.query; content:"-geo.kaspersky-labs.com"; nocase; endswith;
-               pcre:"/^ksn-[^.]+-geo\\.kaspersky-labs\\.com$/i";
-               (the longest literal piece is the fast pattern, the pcre confirms; '*' is
-               one or more characters inside one label, '?' exactly one, as in the matcher)
-
-Our matcher ignores one trailing dot ("Host: s03.upd.kaspersky.com." is a hit).  Suricata's
-http.host buffer is lower-cased and loses the port, but keeps a trailing dot (checked on
-the benchmark capture), and tls.sni is the raw SNI, so every TLS and HTTP rule has a twin
-for the trailing-dot spelling (``content:"name."``, ``".suffix."``, pcre ``\\.$``).  DNS
-names have no trailing dot.  (http.host also rejects ``nocase``: the buffer is lower case.)
-
-sid = signature id * 1000 + protocol base (dns 0, tls 300, http 600, quic 900) + rule number within
-that signature and protocol.  When a pack's ids are too large for that (Suricata sids are
-32-bit), rules are numbered from --sid-base instead.  Either way the map file written next
-to the rules (``<rules>.map.json``) gives, for every sid, the signature id, protocol, pattern
-kind and pattern; every rule also carries it in ``metadata``.
+The rules are the product's own export (``detector/export/suricata.py``, which documents
+the rule forms, sids and the trailing-dot twins); this script only writes them where the
+benchmark expects them and, with ``--validate``, checks them with ``suricata -T`` and a
+selftest on a tiny synthetic capture (the rule forms on the edge cases: the bare suffix,
+a look-alike, a wildcard, mixed case).
 
 Differences from our matcher that rules cannot express (documented, not hidden): Suricata
 fires every matching rule (the exact, the wildcard and each enclosing suffix rule), while the
@@ -53,85 +31,34 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_lib  # noqa: E402
 
-PROTOS = {"dns": ("dns", "dns.query", 0), "tls": ("tls", "tls.sni", 300), "http": ("http", "http.host", 600),
-          "quic": ("quic", "quic.sni", 900)}
-BENCH_PROTOS = ("dns", "tls", "http")  # the benchmark's config has Suricata's QUIC parser off
-TRAILING_DOT = {"dns": False, "tls": True, "http": True, "quic": True}
 CONFIG = os.path.join(bench_lib.HERE, "suricata-bench.yaml")
-SID_MAX = 0xFFFFFFFF
 
 
-def literal_pieces(pattern: str) -> list[str]:
-    return [p for p in re.split(r"[*?]", pattern) if p]
+def write(sigset, out: str) -> tuple[str, int]:
+    """The exporter's rules (and dataset files, if any) next to ``out``."""
+    if bench_lib.REPO not in sys.path:
+        sys.path.insert(0, bench_lib.REPO)
+    from detector.export import EXPORTERS, ExportOptions, write_bundle
+
+    bundle = EXPORTERS["suricata"](sigset, ExportOptions())
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    rules = bundle.pop("kaspersky.rules")
+    with open(out, "wb") as fh:
+        fh.write(rules)
+    if bundle:
+        write_bundle(bundle, directory)
+    return out, rules.count(b"\nalert ")
 
 
 def rule_bodies(kind: str, pattern: str, proto: str) -> list[tuple[str, str]]:
-    """[(variant, options)] for one pattern and protocol; variant 'plain' or 'dot'."""
-    buf = PROTOS[proto][1]
-    # http.host is normalised to lower case by Suricata, which rejects 'nocase' on it
-    nocase = "" if proto == "http" else " nocase;"
-    out: list[tuple[str, str]] = []
-    variants = ["plain", "dot"] if TRAILING_DOT[proto] else ["plain"]
-    for v in variants:
-        dot = "." if v == "dot" else ""
-        if kind == "names":
-            body = f'{buf}; content:"{pattern}{dot}";{nocase} startswith; endswith;'
-        elif kind == "suffixes":
-            body = f'{buf}; dotprefix; content:".{pattern}{dot}";{nocase} endswith;'
-        else:  # wildcards
-            pieces = literal_pieces(pattern)
-            fast = max(pieces, key=len)
-            last = pattern.endswith(fast)
-            content = f'content:"{fast}{dot if last else ""}";{nocase}' + (" endswith;" if last else "")
-            rx = bench_lib.wildcard_regex(pattern)[:-1] + ("\\." if dot else "") + "$"
-            body = f'{buf}; {content} pcre:"/{rx}/i";'
-        out.append((v, body))
-    return out
+    """The exporter's matching options for one pattern on one protocol (for the selftest)."""
+    if bench_lib.REPO not in sys.path:
+        sys.path.insert(0, bench_lib.REPO)
+    from detector.export.suricata import PROTOCOLS, match_body
 
-
-def build(sigset, sid_base: int | None = None, protos: tuple[str, ...] = BENCH_PROTOS) -> tuple[list[str], dict[int, dict]]:
-    rules: list[str] = []
-    smap: dict[int, dict] = {}
-    per_sig = max(1000, 1)
-    use_offsets = sid_base is None and all(s.id * per_sig + 999 <= SID_MAX for s in sigset)
-    seq = sid_base or 1_000_000_000
-    for sig in sigset:
-        for proto in protos:
-            hdr, _buf, base = PROTOS[proto]
-            n = 0
-            for kind in ("names", "suffixes", "wildcards"):
-                for pattern in getattr(sig, kind):
-                    for variant, body in rule_bodies(kind, pattern, proto):
-                        if use_offsets:
-                            if n >= (100 if proto == "quic" else 300):
-                                raise SystemExit(f"signature {sig.id}: too many {proto} rules; use --sid-base")
-                            sid = sig.id * per_sig + base + n
-                        else:
-                            sid = seq
-                            seq += 1
-                        n += 1
-                        shown = pattern + ("." if variant == "dot" else "")
-                        msg = f"KDT {sig.category} {shown} ({proto}) - {sig.name}".replace('"', "'").replace(";", ",")
-                        meta = (f"kdt_signature_id {sig.id}, kdt_proto {proto}, kdt_kind {kind[:-1] if kind != 'suffixes' else 'suffix'}, "
-                                f"kdt_category {sig.category}, kdt_variant {variant}")
-                        rules.append(f'alert {hdr} any any -> any any (msg:"{msg}"; {body} '
-                                     f"classtype:policy-violation; metadata:{meta}; sid:{sid}; rev:1;)")
-                        smap[sid] = {"signature_id": sig.id, "proto": proto, "kind": kind, "pattern": pattern,
-                                     "variant": variant}
-    return rules, smap
-
-
-def write(sigset, out: str, sid_base: int | None = None) -> tuple[str, int]:
-    rules, smap = build(sigset, sid_base)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write("# Generated by benchmarks/suricata_rules.py from: {}\n".format(", ".join(sigset.files)))
-        fh.write(f"# {len(rules)} rules for {len(sigset)} signatures (dns.query, tls.sni, http.host). Do not edit.\n")
-        fh.write("\n".join(rules) + "\n")
-    with open(out + ".map.json", "w") as fh:
-        json.dump({str(k): v for k, v in sorted(smap.items())}, fh, indent=0)
-        fh.write("\n")
-    return out, len(rules)
+    app, buffer, _base, _slots, nocase, twin = next(p for p in PROTOCOLS if p[0] == proto)
+    return [("dot" if dot else "plain", match_body(kind, pattern, buffer, nocase, dot)) for dot in ((False, True) if twin else (False,))]
 
 
 def validate(rules: str, config: str = CONFIG) -> tuple[bool, str]:
@@ -213,13 +140,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Write Suricata rules equivalent to the signature packs.")
     ap.add_argument("--out", default=os.path.join(bench_lib.WORK, "kaspersky.rules"))
     ap.add_argument("--signatures", action="append", help="pack file(s) (default signatures/kaspersky.yaml)")
-    ap.add_argument("--sid-base", type=int, help="number rules sequentially from here instead of id*1000+offset")
     ap.add_argument("--validate", action="store_true", help="run suricata -T on the result (and a selftest)")
     ap.add_argument("--config", default=CONFIG)
     args = ap.parse_args()
     sigset = bench_lib.load_pack(args.signatures)
-    out, n = write(sigset, args.out, args.sid_base)
-    print(f"wrote {n} rules for {len(sigset)} signatures to {out} (sid map {out}.map.json)")
+    out, n = write(sigset, args.out)
+    print(f"wrote {n} rules for {len(sigset)} signatures to {out} (detector export suricata)")
     if args.validate:
         ok, summary = validate(out, args.config)
         print(summary)

@@ -1,4 +1,4 @@
-"""Command line: ``detector replay``, ``detector signatures check|list``.
+"""Command line: ``detector replay``, ``live``, ``ingest``, ``export``, ``signatures check|list``.
 
 The only place that maps errors to exit statuses:
   0  the run completed (with or without alerts; damaged-but-readable files only warn)
@@ -25,7 +25,14 @@ from .errors import ConfigError, DetectorError, SignatureError, SinkError
 from .outputs import open_outputs
 from .pipeline import Detector
 from .replay import FileResult
-from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
+from .signatures import (
+    CATEGORIES,
+    DEFAULT_PACK_DIR,
+    SignatureSet,
+    load_signatures,
+    pack_files,
+    select,
+)
 from .storm import StormControl, add_storm_options, check_storm_options
 from .summary import RunInfo, render
 
@@ -40,7 +47,8 @@ def _signatures(args: argparse.Namespace) -> SignatureSet:
     paths = list(args.signatures or [])
     if args.add_signatures:
         paths = (paths or pack_files(None)) + list(args.add_signatures)
-    return load_signatures(paths or None)
+    sigs = load_signatures(paths or None)
+    return select(sigs, getattr(args, "only", None))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -127,6 +135,31 @@ def cmd_signatures_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, get_exporter, write_bundle
+
+    exporter = get_exporter(args.format)
+    previous = None
+    if args.previous:
+        with open(args.previous, encoding="utf-8", errors="replace") as fh:
+            previous = fh.read()
+    opts = ExportOptions(suricata_version=args.suricata_version, datasets=args.datasets, previous=previous,
+                         rpz_action=args.rpz_action, rpz_serial=args.rpz_serial, hosts_address=args.hosts_address)
+    bundle = exporter(_signatures(args), opts)
+    written = write_bundle(bundle, args.output, sys.stdout.buffer)
+    for note in opts.notes:
+        _err(f"note: {note}")
+    if written != ["-"]:
+        _err(f"wrote {', '.join(written[:5])}{' ...' if len(written) > 5 else ''}")
+    return EXIT_OK
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .ingest import run_ingest
+
+    return run_ingest(args, _signatures(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="detector",
@@ -183,6 +216,39 @@ def build_parser() -> argparse.ArgumentParser:
     from . import live  # the span-port mode: capture, workers, reload, stats, metrics
 
     live.add_parser(sub)
+
+    def only_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--only", action="append", metavar="CATEGORY", choices=CATEGORIES,
+                        help=f"keep only signatures of this category, repeatable ({', '.join(CATEGORIES)})")
+
+    from .export import EXPORTERS
+
+    e = sub.add_parser("export", help="compile the signatures into rules or lists for other engines",
+                       description="Compile the loaded signature set (the same one replay and live match "
+                       "with) into Suricata rules, a suricata-update source, a Zeek package, a DNS "
+                       "response policy zone, a hosts file or a domain list.")
+    e.add_argument("format", choices=sorted(EXPORTERS), metavar="FORMAT", help=", ".join(sorted(EXPORTERS)))
+    e.add_argument("--output", "-o", metavar="PATH",
+                   help="file, directory (for several files) or FILE.tar.gz; default standard output")
+    e.add_argument("--suricata-version", type=int, choices=(7, 8), default=7,
+                   help="suricata: the keywords of this version (8 adds names in DNS answers; default 7)")
+    ds = e.add_mutually_exclusive_group()
+    ds.add_argument("--datasets", action="store_true", default=None,
+                    help="suricata: exact names in Suricata datasets (default: only for signatures of more than 64 names)")
+    ds.add_argument("--no-datasets", dest="datasets", action="store_false", help="suricata: one rule per name")
+    e.add_argument("--previous", metavar="RULES",
+                   help="suricata: an earlier export; rev is bumped for every rule whose text changed")
+    e.add_argument("--rpz-action", default="nxdomain", choices=("nxdomain", "nodata", "passthru", "drop"),
+                   help="rpz: what the resolver answers (passthru: answer normally, log only; default nxdomain)")
+    e.add_argument("--rpz-serial", type=int, default=1, metavar="N", help="rpz: SOA serial (e.g. $(date +%%s))")
+    e.add_argument("--hosts-address", default="0.0.0.0", metavar="IP", help="hosts: the address (default 0.0.0.0)")
+    sig_opts(e)
+    only_opt(e)
+    e.set_defaults(func=cmd_export)
+
+    from .ingest import add_parser as add_ingest_parser
+
+    add_ingest_parser(sub, sig_opts, only_opt, cmd_ingest)
 
     s = sub.add_parser("signatures", help="check or list signature packs")
     ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")

@@ -736,7 +736,7 @@ class Detector:
     def _port_hit(
         self, ts: float, sig: Any, src: str, sport: int, dst: str, dport: int, proto: int, tls: bool,
         sni: str | None, vlans: tuple[int, ...], app: str = "failed",
-    ) -> None:
+    ) -> Match:
         agent, server = (dst, src) if sig.listener == "agent" else (src, dst)
         detail = {
             "app_proto": app,
@@ -749,6 +749,7 @@ class Detector:
         m = self._emit(ts, Evidence.PORT, endpoint, sig, endpoint, src, sport, dst, dport, proto, detail, vlans, Strength.WEAK)
         if proto == IPProto.TCP:
             self.awaiting.add((dst, dport, src, sport), key_of(m), "port-tls" if tls else "any")
+        return m
 
     def _answered(self, ts: float, waiting: list, data: bytearray) -> None:
         """The server's first bytes on a flow whose client request raised an alert."""
@@ -780,6 +781,52 @@ class Detector:
             if self._observe(ts, Evidence.TLS_CERT, name.lstrip("*."), client, cport, server, sport, 6, detail, vlans):
                 alerted += 1
         return True
+
+    # -- records another sensor logged (capture/logs.py, ``detector ingest``) -------------
+    # The same _observe/_dns_message/_port_hit/_hostless as for packets: one code path from
+    # a host name to a Match, whatever carried it.
+    def log_name(
+        self, ts: float, evidence: Evidence, name: str, client: str, cport: int, server: str, sport: int,
+        proto: int, detail: dict, vlans: tuple[int, ...] = (), answered: bool = False,
+    ) -> list[Alert]:
+        """A host name a log record holds (SNI, HTTP host, certificate name); ``answered``:
+        the log shows the server's reply (ServerHello, HTTP status)."""
+        self._out = []
+        m = self._observe(ts, evidence, name, client, cport, server, sport, proto, detail, vlans)
+        if m is not None and answered:
+            self._upgrade(ts, key_of(m), Strength.COMPLETED)
+        return self._out
+
+    def log_dns(self, ts: float, client: str, cport: int, server: str, sport: int, proto: int,
+                msg: dnsp.DnsMessage, vlans: tuple[int, ...] = ()) -> list[Alert]:
+        """A logged DNS query (``msg.qr`` False) or response, as if its packet was seen."""
+        self._out = []
+        if msg.qr:
+            self._dns_message(ts, server, sport, client, cport, proto, msg, vlans)
+        else:
+            self._dns_message(ts, client, cport, server, sport, proto, msg, vlans)
+        return self._out
+
+    def log_flow(
+        self, ts: float, client: str, cport: int, server: str, sport: int, proto: int, app: str, *,
+        named: bool, client_data: bool, answered: bool, server_hello: bool, detail: dict | None = None,
+        vlans: tuple[int, ...] = (),
+    ) -> list[Alert]:
+        """A logged connection: a Security Center port, or (``named`` False: no host name of
+        its own) an address the client learned from a Kaspersky DNS answer."""
+        self._out = []
+        psig = self.matcher.lookup_port(proto, sport)
+        tls = app == "tls"
+        if psig is not None and (client_data or proto == IPProto.UDP) and (tls or not psig.tls_required):
+            m = self._port_hit(ts, psig, client, cport, server, sport, proto, tls, (detail or {}).get("sni"), vlans,
+                               app if proto == IPProto.TCP else "failed")
+            if proto == IPProto.TCP and answered:
+                self._upgrade(ts, key_of(m), Strength.STRONG if tls and server_hello else Strength.COMPLETED)
+        if not named and client_data and app != "dns":
+            h = self._hostless(ts, client, cport, server, sport, proto, app, dict(detail or {}), vlans)
+            if h is not None and answered and proto == IPProto.TCP:
+                self._upgrade(ts, key_of(h), Strength.COMPLETED)
+        return self._out
 
     def add_matches(self, matches: Iterable[Match | Upgrade], source: str | None) -> list[Alert]:
         """Aggregate matches found elsewhere (by a worker process) as if seen here."""

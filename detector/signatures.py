@@ -424,3 +424,11 @@ def load_signatures(paths: Iterable[str] | None = None) -> SignatureSet:
     if loader.problems:
         raise SignatureError(loader.problems)
     return SignatureSet(tuple(loader.sigs), tuple(files))
+
+
+def select(sigs: SignatureSet, categories: Iterable[str] | None) -> SignatureSet:
+    """Only the signatures of these categories (``--only``); all when None or empty."""
+    if not categories:
+        return sigs
+    keep = set(categories)
+    return SignatureSet(tuple(s for s in sigs if s.category in keep), sigs.files)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# install-suricata.sh - make sure Suricata 7 is installed (Debian 12: from bookworm-backports).
+# install-suricata.sh - make sure Suricata 7 and suricata-update are installed (Debian 12:
+# from bookworm-backports); the one place that knows how.
 #
 #     sudo bash packaging/install-suricata.sh
 #
-# Used by tests/run.sh (tests/test_eve_suricata.py compares our EVE alerts with real
-# Suricata 7's) and benchmarks/run.sh.  Does nothing when `suricata -V` already says 7.x.
+# Used by tests/run.sh (EVE layout, exporter and ingest tests against real Suricata 7)
+# and benchmarks/run.sh.  Does nothing when `suricata -V` already says 7.x.
 # Adds `deb <this machine's Debian mirror> bookworm-backports main` to
 # /etc/apt/sources.list.d/backports.list when missing, then
 # `apt-get install -t bookworm-backports suricata`.  Exit status 0 when Suricata 7 is
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 suricata_ok() { command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -q 'version 7\.'; }
-suricata_ok && exit 0
+suricata_ok && command -v suricata-update >/dev/null 2>&1 && exit 0
 [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 || { echo "install-suricata: needs root and apt-get" >&2; exit 1; }
 
 mirror_host() {  # the Debian mirror this machine already uses (deb822 or one-line format)
@@ -32,5 +33,5 @@ if ! grep -qsF "$line" /etc/apt/sources.list.d/backports.list; then
 fi
 apt-get update -qq
 echo "install-suricata: installing suricata from bookworm-backports" >&2
-apt-get install -y -qq --no-install-recommends -t bookworm-backports suricata >/dev/null
+apt-get install -y -qq --no-install-recommends -t bookworm-backports suricata suricata-update >/dev/null
 suricata_ok

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(python3-venv tcpdump tshark dnsmasq-base nginx-light tinyproxy bind9-dnsutils curl openssl ethtool iproute2 chromium rsyslog rsyslog-gnutls liblognorm-utils)
+DEBS=(python3-venv tcpdump tshark dnsmasq-base nginx-light tinyproxy bind9-dnsutils curl openssl ethtool iproute2 chromium rsyslog rsyslog-gnutls liblognorm-utils unbound)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${DEBS[@]}"; do
@@ -22,7 +22,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Suricata 7 (bookworm-backports): tests/test_eve_suricata.py compares our EVE alerts with its
+  # Suricata 7 + suricata-update (bookworm-backports): EVE layout, exporter and ingest tests
   bash packaging/install-suricata.sh || echo "Suricata 7 could not be installed: its comparison tests will skip"
 fi
 

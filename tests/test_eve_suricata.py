@@ -1,7 +1,7 @@
 """EVE alerts shaped like Suricata 7's, checked against real Suricata 7.
 
 Suricata 7 (Debian bookworm-backports; ``tests/run.sh`` installs it) reads the bundled
-captures with rules equivalent to our signatures (``benchmarks/suricata_rules.py``:
+captures with rules equivalent to our signatures (``detector export suricata``:
 ``dns.query``, ``tls.sni``, ``http.host``, ``quic.sni``) plus one rule that fires on DNS
 responses naming Kaspersky (Suricata 7 has no answer-name keyword).  Then, alert for
 alert (each of our alerts against Suricata's alerts on the same flow and app protocol),
@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 from helpers import PCAPS
 
+from detector.export import EXPORTERS, ExportOptions
 from detector.signatures import load_signatures
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import suricata_rules  # noqa: E402
 
 CONFIG = ROOT / "benchmarks" / "suricata-bench.yaml"
 CAPTURES = ["dns-udp-tcp.pcap", "tls-sni.pcap", "http-host-proxy.pcap", "quic/chromium.pcap", "issue4/dns-strength.pcap"]
@@ -95,13 +95,19 @@ def _cli() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "detector"]
 
 
+def _exported_rules() -> list[str]:
+    """The product's own Suricata export (one rule per name: no dataset files to place)."""
+    bundle = EXPORTERS["suricata"](load_signatures(), ExportOptions(datasets=False))
+    return [r for r in bundle["kaspersky.rules"].decode().splitlines() if r.startswith("alert ")]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
     why = _suricata_ok()
     if why:
         pytest.skip(why)
     work = tmp_path_factory.mktemp("suricata")
-    rules, _map = suricata_rules.build(load_signatures(), protos=("dns", "tls", "http", "quic"))
+    rules = _exported_rules()
     rules_file = work / "kaspersky.rules"
     rules_file.write_text("\n".join([*rules, ANSWER_RULE]) + "\n")
     out: dict[str, tuple[list[dict], list[dict]]] = {}
@@ -205,5 +211,6 @@ def test_suricata_rules_with_quic_load():
     why = _suricata_ok()
     if why:
         pytest.skip(why)
-    rules, smap = suricata_rules.build(load_signatures(), protos=("dns", "tls", "http", "quic"))
-    assert any(" quic.sni;" in r for r in rules) and len(set(smap)) == len(rules)
+    rules = _exported_rules()
+    sids = [r.split(" sid:")[1].split(";")[0] for r in rules]
+    assert any(" quic.sni;" in r for r in rules) and len(set(sids)) == len(rules)

@@ -57,6 +57,27 @@ def name_text(labels: Labels) -> str:
     return ".".join(labels) or "."
 
 
+def labels_of(text: str) -> Labels:
+    """Labels of a name that arrived as text (a log line): split on dots, one trailing dot
+    dropped.  (A dot inside a label cannot be told from a boundary in text.)"""
+    t = text[:-1] if text.endswith(".") else text
+    return tuple(t.split(".")) if t else ()
+
+
+def question_of(name: str, rrtype: str) -> DnsQuestion:
+    """A question from a log line's text (canonical form)."""
+    labels = labels_of(name)
+    return DnsQuestion(name_text(labels) if labels else name, rrtype, labels)
+
+
+def answer_of(rrname: str, rrtype: str, ttl: int, rdata: str, target: str | None) -> DnsAnswer:
+    """An answer record from a log line's text (canonical form)."""
+    labels = labels_of(rrname)
+    tl = labels_of(target) if target else None
+    return DnsAnswer(name_text(labels) if labels else rrname, rrtype, ttl, rdata,
+                     name_text(tl) if tl else None, labels, tl or None)
+
+
 class DnsQuestion(NamedTuple):
     name: str  # the displayed name (canonical form)
     rrtype: str
