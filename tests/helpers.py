@@ -13,7 +13,9 @@ from detector.model import Alert
 
 REPO = Path(__file__).resolve().parents[1]
 PCAPS = REPO / "pcaps"
-SHARED_REF = REPO.parent / "shared" / "ref"
+# Third-party reference files (ECS, OCSF, Suricata EVE schemas): see tests/fixtures/ref/README.md
+REF = REPO / "tests" / "fixtures" / "ref"
+EVE_SCHEMAS = [REF / "suricata" / "suricata-eve-schema-7.0.10.json", REF / "suricata" / "suricata-eve-schema-8.0.6.json"]
 
 CLIENT, SERVER = "198.18.0.10", "198.18.0.1"
 

@@ -61,3 +61,39 @@ def test_every_module_imports_without_scapy():
     code = "import sys, importlib\nsys.modules['scapy'] = None\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# -- a fresh clone holds what the tests read -------------------------------------------------
+FIXTURES = REPO / "tests" / "fixtures" / "ref"
+
+
+def test_reference_fixtures_are_in_the_repository_with_their_provenance():
+    """Every third-party reference file the tests read lies in tests/fixtures/ref/, and is
+    the file its README names (SHA-256); the GPL-2.0 Suricata schemas carry their licence."""
+    import hashlib
+    import re
+
+    readme = (FIXTURES / "README.md").read_text()
+    listed = dict((path, digest) for digest, path in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M))
+    assert set(listed) == {
+        "ecs-9.4.0-flat.yml",
+        "ocsf-schema-1.8.0-json.tar.gz",
+        "suricata/suricata-eve-schema-7.0.10.json",
+        "suricata/suricata-eve-schema-8.0.6.json",
+    }
+    for path, digest in listed.items():
+        assert hashlib.sha256((FIXTURES / path).read_bytes()).hexdigest() == digest, path
+    assert "GNU GENERAL PUBLIC LICENSE" in (FIXTURES / "suricata" / "COPYING").read_text()
+    assert "Version 2, June 1991" in (FIXTURES / "suricata" / "COPYING").read_text()
+
+
+def test_no_test_reads_files_outside_the_repository():
+    """The suite once looked up ../shared/ref beside the checkout, so a clean clone skipped
+    about a hundred tests; nothing may reach above the repository again."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        text = path.read_text()
+        for needle in ("REPO.parent", "parents[2]", '"shared"', "../shared", "shared/ref"):
+            if needle in text and path.name != "test_packaging.py":
+                offenders.append(f"{path.name}: {needle}")
+    assert offenders == []

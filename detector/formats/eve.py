@@ -1,7 +1,7 @@
 """Suricata EVE JSON (``event_type: alert``), one object per line.
 
 The record validates against Suricata's published schemas for 7.0.10 and 8.0.6
-(``../shared/ref``): the top level admits no keys beyond the schema's, so everything of
+(``tests/fixtures/ref/``): the top level admits no keys beyond the schema's, so everything of
 ours that Suricata has no field for (count, first/last seen, vendor, evidence...) lives in
 ``alert.metadata`` as lists of strings, Suricata's own convention for rule metadata.
 
