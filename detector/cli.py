@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at the end, how long to wait for collectors before spooling what is left (default 10)")
     r.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
-                   help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
+                   help="aggregate repeated hits per (client, signature, name, evidence, app protocol, server port) over this much capture time (default 3600)")
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
     r.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="spread the files (or one large pcap, by a hash of the IP addresses) over N "

@@ -15,8 +15,8 @@ One controller process and ``--workers`` capture processes:
 - each **worker** runs a ``Detector(collect=True)`` over its share of the traffic (one
   ``PACKET_FANOUT`` member per interface) and ships matches as they are found.
 
-Emission policy (live): an alert is written as soon as its key (client, signature,
-hostname, evidence kind) is first seen, after ``--settle`` seconds (default 0.5) in which
+Emission policy (live): an alert is written as soon as its key (``aggregate.key_of``:
+client, signature, hostname, evidence kind, app protocol, server port) is first seen, after ``--settle`` seconds (default 0.5) in which
 the server's answer may still raise its evidence strength; repeats inside the
 ``--dedup-window`` (capture time) only increase counters; the next hit after the window
 starts a new alert.  So ``alert.metadata.count`` is the number of hits up to the moment it
@@ -47,6 +47,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import config as cfg
+from .aggregate import Key, key_of
 from .capture import live as cap
 from .errors import ConfigError, SignatureError, SinkError
 from .matcher import Matcher
@@ -62,7 +63,6 @@ STOP_GRACE = 3.0  # seconds a worker gets to ship its last matches
 READY_TIMEOUT = 60.0
 _ALERT_FIELDS = {f.name for f in dataclasses.fields(Alert)}
 
-Key = tuple[str, int, str, str]
 
 
 # --- logging ---------------------------------------------------------------------------------
@@ -118,10 +118,7 @@ class LiveDedup:
     def pending(self) -> int:
         return len(self._pending)
 
-    @staticmethod
-    def key(match: Match) -> Key:
-        obs = match.observation
-        return (obs.client, match.signature.id, obs.hostname, obs.evidence.value)
+    key = staticmethod(key_of)  # the same key as replay's aggregator
 
     def add(self, match: Match, now: float) -> list[Alert]:
         """Record a hit (``now``: wall clock).  Returns alerts that must be written at once

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aggregate import Aggregator, Key, Upgrade, key_of
+from .aggregate import Aggregator, Key, Upgrade, key_of, make_key
 from .correlate import Awaiting, LearnedNames
 from .decode import transport, tunnel
 from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
@@ -515,7 +515,7 @@ class Detector:
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
         answered = msg.rcode == "NOERROR" and bool(msg.answers)
         if answered:
-            self._dns_answered(ts, dst, msg, query_seen)
+            self._dns_answered(ts, dst, src, sport, msg, query_seen)
         qname, qtype = msg.questions[0] if msg.questions else ("", "")
         answers = [
             {"rrname": a.rrname, "rrtype": a.rrtype, "ttl": a.ttl, "rdata": a.rdata}
@@ -535,7 +535,9 @@ class Detector:
         for n in names:
             self._observe(ts, Evidence.DNS_ANSWER, n, dst, dport, src, sport, proto, base, vlans, Strength.COMPLETED)
 
-    def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool) -> None:
+    def _dns_answered(
+        self, ts: float, client: str, server: str, server_port: int, msg: dnsp.DnsMessage, query_seen: bool
+    ) -> None:
         """An answer with records: upgrade the query's alert, and learn the addresses a
         Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
         chain = [q for q, _ in msg.questions] + [a.target for a in msg.answers if a.target]
@@ -547,7 +549,8 @@ class Detector:
                 for q, _ in msg.questions:
                     qhit = self.matcher.lookup(q)
                     if qhit is not None:
-                        self._upgrade(ts, (client, qhit.signature.id, q.lower().rstrip("."), Evidence.DNS_QUERY.value), Strength.COMPLETED)
+                        qkey = make_key(client, qhit.signature.id, q.lower().rstrip("."), Evidence.DNS_QUERY, "dns", server, server_port)
+                        self._upgrade(ts, qkey, Strength.COMPLETED)
             hostname = name.lower().rstrip(".")
             for a in msg.answers:
                 if a.rrtype in _ADDR_TYPES:

@@ -84,10 +84,11 @@ TRUTH=$WORK/truth.tsv
 : >"$CLOG"
 : >"$TRUTH"
 
-# truth <file> <client> <name> <kind> <strength>: one Kaspersky contact this script made
-# (kind = the evidence the contact carries; strength = weak: one side only, completed:
-# the other side answered, strong: a TLS handshake in both directions on a KSC port)
-truth() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TRUTH"; }
+# truth <file> <client> <name> <kind> <strength> <port>: one Kaspersky contact this script
+# made (kind = the evidence the contact carries; strength = weak: one side only, completed:
+# the other side answered, strong: a TLS handshake in both directions on a KSC port; port =
+# the server's port, the alert's dest_port: evidence on different ports is not merged)
+truth() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TRUTH"; }
 
 # ---------------------------------------------------------------------------
 # helper program (stdlib only): a binary-protocol TCP peer, a UDP sender/receiver,
@@ -189,12 +190,12 @@ def expected(tsv, out):
         data[name] = []
     with open(tsv) as f:
         for line in f:
-            fname, client, hname, kind, strength = line.rstrip("\n").split("\t")
-            row = {"client": client, "name": hname, "kind": kind, "strength": strength}
+            fname, client, hname, kind, strength, port = line.rstrip("\n").split("\t")
+            row = {"client": client, "name": hname, "kind": kind, "strength": strength, "port": int(port)}
             if row not in data[fname]:
                 data[fname].append(row)
     for rows in data.values():
-        rows.sort(key=lambda r: (r["client"], r["kind"], r["name"]))
+        rows.sort(key=lambda r: (r["client"], r["kind"], r["name"], r["port"]))
     with open(out, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -536,16 +537,16 @@ wait_for 10 grep -q ready "$WORK/udprecv.out" || die "UDP receiver did not start
 cap_start $NS_S veth-s "$OUT/$F"
 # TLS 13000: Network Agent -> Administration Server, handshake in both directions
 client $NS_C openssl s_client -connect $SRV4:13000 -brief </dev/null
-truth $F $C1 tcp/13000 ksc-port strong
+truth $F $C1 tcp/13000 ksc-port strong 13000
 # plain TCP 14000: the agent speaks first, the server answers
 client $NS_C "$PY" "$WORK/kd4.py" tcp-client $SRV4 14000
-truth $F $C1 tcp/14000 ksc-port completed
+truth $F $C1 tcp/14000 ksc-port completed 14000
 # UDP 15000: the server (198.18.0.1) sends connection requests to the agent (198.18.0.10)
 client $NS_S "$PY" "$WORK/kd4.py" udp-send $SRV4 $C1 15000 3
-truth $F $SRV4 udp/15000 ksc-port weak
+truth $F $SRV4 udp/15000 ksc-port weak 15000
 # TLS 23150 (Cloud Console range, alerts only when TLS)
 client $NS_C openssl s_client -connect $SRV4:23150 -brief </dev/null
-truth $F $C1 tcp/23150 ksc-port strong
+truth $F $C1 tcp/23150 ksc-port strong 23150
 # NOT Kaspersky: plain TCP on 23151 (in the cloud range but no TLS), TLS on 13001
 client $NS_C "$PY" "$WORK/kd4.py" tcp-client $SRV4 23151
 client $NS_C openssl s_client -connect $SRV4:13001 -brief </dev/null
@@ -560,21 +561,24 @@ log "capture: ip-literal-after-dns.pcap"
 F=ip-literal-after-dns.pcap
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C $DIG @$SRV4 activation-v2.kaspersky.com A
-truth $F $C1 activation-v2.kaspersky.com dns-query completed
-# IP literals: curl sends no SNI for https://198.18.0.1/, and Host: 198.18.0.1
+truth $F $C1 activation-v2.kaspersky.com dns-query completed 53
+# IP literals: curl sends no SNI for https://198.18.0.1/, and Host: 198.18.0.1; the
+# plain-HTTP flow (port 80) and the TLS flows (port 443) are two alerts, not one
 client $NS_C $CURL -4 -k https://$SRV4/
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 443
 client $NS_C $CURL -4 http://$SRV4/
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 80
 # TLS 1.3 resumption without SNI: a ticket from a first full handshake, then a PSK hello
 client $NS_C bash -c "sleep 1 | openssl s_client -connect $SRV4:443 -noservername -sess_out $WORK/sess.pem"
 client $NS_C bash -c "openssl s_client -connect $SRV4:443 -noservername -sess_in $WORK/sess.pem </dev/null | grep -E '^Reused, TLSv1.3'"
-truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 443
 # an address the name did NOT resolve to: nothing
 client $NS_C $CURL -4 -k https://$SRV4B/
 # the same over IPv6
 client $NS_C $DIG -6 @$SRV6 activation-v2.kaspersky.com AAAA
-truth $F $C1V6 activation-v2.kaspersky.com dns-query completed
+truth $F $C1V6 activation-v2.kaspersky.com dns-query completed 53
 client $NS_C $CURL -6 -g -k "https://[$SRV6]/"
-truth $F $C1V6 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C1V6 activation-v2.kaspersky.com ip-from-dns completed 443
 # a second client that never resolved the Kaspersky name (it resolves www.example.org,
 # which points to the same address) uses the same address: nothing
 client $NS_C2 $DIG @$SRV4 www.example.org A
@@ -583,9 +587,9 @@ client $NS_C2 $CURL -4 http://$SRV4/
 # a third client resolves the name, then speaks a binary protocol (no TLS, no HTTP, no
 # KSC port) to the address it got; the server answers
 client $NS_C3 $DIG @$SRV4 activation-v2.kaspersky.com A
-truth $F $C3 activation-v2.kaspersky.com dns-query completed
+truth $F $C3 activation-v2.kaspersky.com dns-query completed 53
 client $NS_C3 "$PY" "$WORK/kd4.py" tcp-client $SRV4 9400
-truth $F $C3 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C3 activation-v2.kaspersky.com ip-from-dns completed 9400
 cap_stop
 
 # ---------------------------------------------------------------------------
@@ -595,7 +599,7 @@ log "capture: tls12-cert.pcap"
 F=tls12-cert.pcap
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C openssl s_client -tls1_2 -connect $SRV4:4433 -servername www.example.org -brief </dev/null
-truth $F $C1 s05.upd.kaspersky.com tls-certificate weak
+truth $F $C1 s05.upd.kaspersky.com tls-certificate weak 4433
 # TLS 1.3, same server and certificate: the certificate is encrypted, nothing to see
 client $NS_C openssl s_client -tls1_3 -connect $SRV4:4433 -servername www.example.org -brief </dev/null
 cap_stop
@@ -610,13 +614,13 @@ F=dns-strength.pcap
 ip -n $NS_S rule add to $C1 ipproto udp sport 53 dport 41999 blackhole
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C $DIG @$SRV4 -b $C1#41001 s05.upd.kaspersky.com A
-truth $F $C1 s05.upd.kaspersky.com dns-query completed
+truth $F $C1 s05.upd.kaspersky.com dns-query completed 53
 client $NS_C $DIG @$SRV4 -b $C1#41002 nx.upd.kaspersky.com A
-truth $F $C1 nx.upd.kaspersky.com dns-query weak
+truth $F $C1 nx.upd.kaspersky.com dns-query weak 53
 client $NS_C $DIG @$SRV4 -b $C1#41003 ksn-url-geo.kaspersky-labs.com AAAA
-truth $F $C1 ksn-url-geo.kaspersky-labs.com dns-query weak
+truth $F $C1 ksn-url-geo.kaspersky-labs.com dns-query weak 53
 client_rc 9 $NS_C $DIG @$SRV4 -b $C1#41999 dc1.ksn.kaspersky-labs.com A
-truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query weak
+truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query weak 53
 client $NS_C $DIG @$SRV4 -b $C1#41004 www.example.org A
 cap_stop
 ip -n $NS_S rule del to $C1 ipproto udp sport 53 dport 41999 blackhole
@@ -639,8 +643,8 @@ cap_stop "$CH_GUARD"
 cap_stop "$CH_CAP"
 [ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"
 grep -q 'kd4 test server' "$CH/dom.html" || die "chromium did not get the page (see $CH/chromium.log)"
-truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query completed
-truth $F $C1 dc1.ksn.kaspersky-labs.com tls-sni completed
+truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query completed 53
+truth $F $C1 dc1.ksn.kaspersky-labs.com tls-sni completed 443
 
 # ---------------------------------------------------------------------------
 # verify, write expected.json, install
