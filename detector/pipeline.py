@@ -269,8 +269,8 @@ class Detector:
             return
         detail = _hello_detail(hello, version=quicp.version_name(self.quic.last_version), tls_version=tlsp.version_name(hello.version))
         named = self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
-        if named is None and (not hello.server_name or hello.ech):
-            self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans)
+        if (named is None and not hello.server_name) or hello.ech:  # as for TLS over TCP
+            self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans, hello.server_name)
 
     def _named_hello(
         self, ts: float, evidence: Evidence, hello: tlsp.ClientHello, detail: dict, src: str, sport: int, dst: str,
@@ -395,9 +395,10 @@ class Detector:
             named = self._named_hello(ts, Evidence.TLS_SNI, hello, detail, src, sport, dst, dport, IPProto.TCP, vlans)
             if named is not None:
                 self.awaiting.add((dst, dport, src, sport), key_of(named), "tls")
-            # No host name of its own (no SNI, or ECH with an outer name we do not know):
-            # an address learned from DNS may still name the flow.
-            hostless = not hello.server_name or (hello.ech and named is None)
+            # No host name of its own (no SNI), or ECH (the outer name is the public name,
+            # the inner one is hidden, whether or not the outer one matched): an address
+            # learned from DNS may still name the flow.
+            hostless = not hello.server_name or hello.ech
             self._client_flow(ts, key, "tls", detail if hostless else None, vlans, hello.server_name)
             return True
         if s.mode == "tls-server":
@@ -639,20 +640,23 @@ class Detector:
         if psig is not None and (app == "tls" or not psig.tls_required):
             self._port_hit(ts, psig, src, sport, dst, dport, IPProto.TCP, app == "tls", sni, vlans, app)
         if hostless is not None:
-            m = self._hostless(ts, src, sport, dst, dport, IPProto.TCP, app, hostless, vlans)
+            m = self._hostless(ts, src, sport, dst, dport, IPProto.TCP, app, hostless, vlans, sni)
             if m is not None:
                 self.awaiting.add((dst, dport, src, sport), key_of(m), "any")
 
     def _hostless(
         self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, app: str, detail: dict,
-        vlans: tuple[int, ...],
+        vlans: tuple[int, ...], outer: str | None = None,
     ) -> Match | None:
-        """A flow with no host name of its own, to an address ``src`` learned from a DNS
-        answer for a Kaspersky name: attributed to that name."""
+        """A flow with no host name of its own (or only an ECH outer name, ``outer``), to an
+        address ``src`` learned from a DNS answer for a Kaspersky name: attributed to that
+        name, unless it is the outer name itself (already reported as the SNI)."""
         learned = self.learned.lookup(src, dst, ts)
         if learned is None:
             return None
         hostname, hit, _learned_at = learned
+        if outer is not None and hostname == outer.lower().rstrip("."):
+            return None
         detail = dict(detail, app_proto=app, resolved_by=f"DNS answer to {src} for {hostname}")
         return self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
                           proto, detail, vlans, Strength.WEAK)

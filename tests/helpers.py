@@ -29,6 +29,15 @@ def dns_cname_response(qname: str, target: str, client: str = CLIENT, qid: int =
     return bytes(Ether() / IP(src=SERVER, dst=client) / UDP(sport=53, dport=40001) / DNS(id=qid, qr=1, qd=DNSQR(qname=qname), an=an))
 
 
+def dns_a_response(qname: str, addr: str, client: str = CLIENT, qid: int = 3, ttl: int = 300) -> bytes:
+    an = DNSRR(rrname=qname, type="A", rdata=addr, ttl=ttl)
+    return bytes(Ether() / IP(src=SERVER, dst=client) / UDP(sport=53, dport=40002) / DNS(id=qid, qr=1, qd=DNSQR(qname=qname), an=an))
+
+
+def udp_payload(payload: bytes, client: str = CLIENT, dport: int = 443, sport: int = 51000) -> bytes:
+    return bytes(Ether() / IP(src=client, dst=SERVER) / UDP(sport=sport, dport=dport) / Raw(payload))
+
+
 def tcp_payload(payload: bytes, client: str = CLIENT, dport: int = 80, sport: int = 41000, seq: int = 1000, v6: bool = False) -> bytes:
     ip = IPv6(src="2001:db8::10", dst="2001:db8::1") if v6 else IP(src=client, dst=SERVER)
     return bytes(Ether() / ip / TCP(sport=sport, dport=dport, flags="PA", seq=seq) / Raw(payload))

@@ -93,6 +93,7 @@ def test_ground_truth_lists_every_capture():
     assert sorted(EXPECTED) == [
         "dns-strength.pcap",
         "ech-grease.pcap",
+        "ech-real.pcap",
         "ip-literal-after-dns.pcap",
         "ksc-ports.pcap",
         "tls12-cert.pcap",
@@ -273,9 +274,34 @@ def test_chromium_grease_ech_is_marked(mode):
     dns = one(recs, src_ip=C1, evidence="dns-query", hostname="dc1.ksn.kaspersky-labs.com")
     assert "ech" not in meta(dns)
     others = [
-        row(r) for n in FILES if n != "ech-grease.pcap" for r in alerts(n, mode) if "ech" in meta(r)
+        row(r) for n in FILES if not n.startswith("ech-") for r in alerts(n, mode) if "ech" in meta(r)
     ]
     assert others == []  # openssl and curl send no ECH extension
+    # the SNI is the name the client resolved: no ip-from-dns alert repeats it
+    assert [row(r) for r in recs if meta(r)["evidence"] == ["ip-from-dns"]] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_real_ech_reports_the_outer_name_and_the_name_learned_from_dns(mode):
+    """Real ECH (Chromium, its configuration from the HTTPS record of s05.upd.kaspersky.com,
+    public name ksn-url-geo.kaspersky-labs.com): the flow is reported on the outer name,
+    and, since the inner name is hidden, also on the name the client resolved the server's
+    address from just before (issue 11, point 4)."""
+    recs = alerts("ech-real.pcap", mode)
+    outer = one(recs, src_ip=C1, evidence="tls-sni", hostname="ksn-url-geo.kaspersky-labs.com")
+    assert meta(outer)["ech"] == ["true"]
+    assert outer["tls"]["sni"] == "ksn-url-geo.kaspersky-labs.com"
+    learned = one(recs, src_ip=C1, evidence="ip-from-dns", hostname="s05.upd.kaspersky.com")
+    m = meta(learned)
+    assert m["resolved_by"] == [f"DNS answer to {C1} for s05.upd.kaspersky.com"]
+    assert m["ech"] == ["true"]
+    assert (learned["dest_ip"], learned["dest_port"], learned["app_proto"]) == (SRV, 443, "tls")
+    # the same flow (the first ECH ClientHello) and as many flows: the ECH attempts only,
+    # not Chromium's retries without ECH, whose SNI names s05.upd.kaspersky.com itself
+    assert learned["flow_id"] == outer["flow_id"]
+    assert m["count"] == meta(outer)["count"]
+    retry = one(recs, src_ip=C1, evidence="tls-sni", hostname="s05.upd.kaspersky.com")
+    assert retry["flow_id"] != outer["flow_id"]
 
 
 # -- EVE schema -----------------------------------------------------------------------------

@@ -39,6 +39,11 @@
 #                               reached the wire (a blackhole routing rule)
 #   ech-grease.pcap             headless Chromium (GREASE ECH) to
 #                               https://dc1.ksn.kaspersky-labs.com/
+#   ech-real.pcap               headless Chromium to https://s05.upd.kaspersky.com/, whose
+#                               DNS HTTPS record carries an ECH configuration (public name
+#                               ksn-url-geo.kaspersky-labs.com): real ECH, outer SNI = the
+#                               public name; nginx has no ECH, so Chromium then retries
+#                               without it (SNI s05.upd.kaspersky.com)
 #
 # Needs (Debian 12): iproute2 ethtool tcpdump tshark dnsmasq-base nginx-light
 # bind9-dnsutils curl openssl chromium python3 (stdlib only).
@@ -186,7 +191,8 @@ def udp_send(src, dst, port, n):
 
 def expected(tsv, out):
     data = {}
-    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap"):
+    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
+                 "ech-real.pcap"):
         data[name] = []
     with open(tsv) as f:
         for line in f:
@@ -215,6 +221,7 @@ FIELDS = [
     "x509sat.uTF8String", "x509sat.printableString", "x509ce.dNSName",
     "dns.flags.response", "dns.id", "dns.qry.name", "dns.qry.type", "dns.flags.rcode", "dns.count.answers",
     "dns.a", "dns.aaaa", "dns.resp.ttl", "http.request", "http.host", "http.response.code",
+    "dns.svcb.svcparam.echconfig",
 ]
 FAILED = []
 NOTES = []
@@ -291,7 +298,8 @@ def plain_tcp(P, client, server, port, tag):
 def verify(out, work):
     c1, c1v6, c2, c3, s4, s6 = "198.18.0.10", "2001:db8::10", "198.18.0.11", "198.18.0.12", "198.18.0.1", "2001:db8::1"
     files = {}
-    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap"):
+    for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
+                 "ech-real.pcap"):
         files[name] = packets(os.path.join(out, name))
         seen, bad = foreign(files[name])
         check(not bad, "%s: foreign addresses %s" % (name, sorted(bad)))
@@ -392,6 +400,23 @@ def verify(out, work):
     check(not bad, "ech-grease guard capture (any interface): foreign addresses %s" % sorted(bad))
     NOTES.append("chromium guard capture addresses: %s" % sorted(seen))
 
+    # ech-real.pcap: the URL's host is s05.upd.kaspersky.com; a ClientHello whose SNI is the
+    # ECH public name from the HTTPS record can only come from real ECH with that config
+    P = files["ech-real.pcap"]
+    ch = [(p.src(), p.dst(), p.one("tls.handshake.extensions_server_name"), "65037" in p["tls.handshake.extension.type"])
+          for p in P if p.has("tls.handshake.type", 1)]
+    NOTES.append("ech-real ClientHellos (src, dst, sni, has ECH): %s" % ch)
+    check(all(x[:2] == (c1, s4) for x in ch), "ech-real: ClientHellos not all %s -> %s: %s" % (c1, s4, ch))
+    outer = [x for x in ch if x[2] == "ksn-url-geo.kaspersky-labs.com"]
+    check(bool(outer) and all(x[3] for x in outer), "ech-real: want ECH ClientHellos with the public name as SNI: %s" % ch)
+    check(all(x[2] in ("ksn-url-geo.kaspersky-labs.com", "s05.upd.kaspersky.com") for x in ch), "ech-real: other SNI %s" % ch)
+    check(any(p.has("tls.handshake.type", 2) for p in P), "ech-real: no ServerHello")
+    dq = sorted({(p.src(), p.one("dns.qry.name"), p.one("dns.qry.type")) for p in P if p.has("dns.flags.response", 0)})
+    NOTES.append("ech-real DNS queries: %s" % dq)
+    check(bool(dq) and all(x[0] == c1 and x[1] == "s05.upd.kaspersky.com" for x in dq), "ech-real: other DNS queries %s" % dq)
+    check(any(p.has("dns.flags.response", 1) and p["dns.svcb.svcparam.echconfig"] for p in P), "ech-real: no HTTPS answer with ech")
+    check(any(p.has("dns.flags.response", 1) and p.has("dns.a", s4) for p in P), "ech-real: no A answer")
+
     for n in NOTES:
         print("note:", n)
     for f in FAILED:
@@ -400,10 +425,27 @@ def verify(out, work):
     return 1 if FAILED else 0
 
 
+def ech_https_rr(public_name, pubkey_der):
+    """Print the hex RDATA of an HTTPS record (RFC 9460) whose ech parameter holds one
+    ECHConfig (version 0xfe0d): config id 7, DHKEM(X25519), HKDF-SHA256, AES-128-GCM,
+    the X25519 public key (the last 32 bytes of its DER SubjectPublicKeyInfo)."""
+    import struct
+    pub = open(pubkey_der, "rb").read()[-32:]
+    name = public_name.encode()
+    key_config = bytes([7]) + struct.pack("!HH", 0x0020, len(pub)) + pub + struct.pack("!HHH", 4, 1, 1)
+    contents = key_config + bytes([0, len(name)]) + name + struct.pack("!H", 0)
+    config = struct.pack("!HH", 0xFE0D, len(contents)) + contents
+    ech = struct.pack("!H", len(config)) + config
+    alpn = b"\x08http/1.1"
+    rdata = struct.pack("!H", 1) + b"\x00" + struct.pack("!HH", 1, len(alpn)) + alpn + struct.pack("!HH", 5, len(ech)) + ech
+    print(rdata.hex())
+    return 0
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"tcp-server": tcp_server, "tcp-client": tcp_client, "udp-recv": udp_recv, "udp-send": udp_send,
-          "expected": expected, "verify": verify}[cmd]
+          "expected": expected, "verify": verify, "ech-https-rr": ech_https_rr}[cmd]
     sys.exit(fn(*args))
 PY
 
@@ -489,7 +531,13 @@ http {
 }
 EOF
 
+# ech-real.pcap: an HTTPS record for s05.upd.kaspersky.com with an ECH configuration whose
+# public (outer) name is ksn-url-geo.kaspersky-labs.com, for a fresh X25519 key
+openssl genpkey -algorithm X25519 -out "$WORK/ech.key" >>"$CLOG" 2>&1
+openssl pkey -in "$WORK/ech.key" -pubout -outform DER -out "$WORK/ech.pub.der" >>"$CLOG" 2>&1
+ECH_RR=$("$PY" "$WORK/kd4.py" ech-https-rr ksn-url-geo.kaspersky-labs.com "$WORK/ech.pub.der")
 DNS_ARGS=(
+    "--dns-rr=s05.upd.kaspersky.com,65,$ECH_RR"     # type 65: HTTPS
     "--host-record=activation-v2.kaspersky.com,$SRV4,$SRV6,300"
     "--host-record=s05.upd.kaspersky.com,$SRV4,300"
     "--host-record=dc1.ksn.kaspersky-labs.com,$SRV4,300"
@@ -647,6 +695,28 @@ truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query completed 53
 truth $F $C1 dc1.ksn.kaspersky-labs.com tls-sni completed 443
 
 # ---------------------------------------------------------------------------
+# ech-real.pcap (headless Chromium sends real ECH: the HTTPS record above gives it a config)
+# ---------------------------------------------------------------------------
+log "capture: ech-real.pcap (headless Chromium, ECH configuration from DNS)"
+F=ech-real.pcap
+CH=$WORK/chromium-ech
+cap_start $NS_S veth-s "$OUT/$F"
+run_chromium $NS_C "$CH" https://s05.upd.kaspersky.com/ --disable-quic \
+    --disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater \
+    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE s05.upd.kaspersky.com' --ignore-certificate-errors
+cap_stop
+[ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"
+grep -q 'kd4 test server' "$CH/dom.html" || die "chromium did not get the page (see $CH/chromium.log)"
+truth $F $C1 s05.upd.kaspersky.com dns-query completed 53
+# the ECH ClientHello: outer SNI = the public name (nginx answers it: it has no ECH) ...
+truth $F $C1 ksn-url-geo.kaspersky-labs.com tls-sni completed 443
+# ... and the name the client resolved the server's address from, for the same flow
+truth $F $C1 s05.upd.kaspersky.com ip-from-dns completed 443
+# nginx rejected ECH (no retry configuration), so Chromium retried without it: SNI = the
+# real name (with a GREASE ECH extension)
+truth $F $C1 s05.upd.kaspersky.com tls-sni completed 443
+
+# ---------------------------------------------------------------------------
 # verify, write expected.json, install
 # ---------------------------------------------------------------------------
 cp "$WORK/nginx/access.log" "$WORK/nginx-access.log" 2>/dev/null || true
@@ -660,7 +730,7 @@ chmod -R u=rwX,go=rX "$OUT"
 
 mkdir -p "$DEST"
 log "installing into $DEST"
-for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap expected.json; do
+for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap ech-real.pcap expected.json; do
     cp "$OUT/$f" "$DEST/$f"
 done
 log "done"
