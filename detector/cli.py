@@ -1,4 +1,4 @@
-"""Command line: ``detector replay``, ``detector signatures check|list``.
+"""Command line: ``detector replay``, ``detector live``, ``detector signatures check|list``.
 
 The only place that maps errors to exit statuses:
   0  the run completed (with or without alerts; damaged-but-readable files only warn)
@@ -16,9 +16,11 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__, replay
+from . import config as cfg
 from .capture import fast
 from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
@@ -125,6 +127,48 @@ def cmd_signatures_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+LIVE_DEST = "live_"  # argparse dests of `live`, apart from replay's (main inspects a few by name)
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from . import live  # the span-port mode (capture, workers, reload, stats, metrics)
+
+    cli_values = {o.dest: getattr(args, LIVE_DEST + o.dest, None) for o in cfg.OPTIONS}
+    try:
+        settings = cfg.resolve(cli_values, args.config)
+    except cfg.ConfigFileError as exc:
+        for path, line, msg in exc.problems:
+            sys.stderr.write(f"{path}:{line}: {msg}\n")
+        _err(f"{len(exc.problems)} problem(s) in the configuration; nothing was started")
+        return EXIT_USAGE
+    return live.run(settings, cli_values, debug=args.debug)
+
+
+def _live_parser(sub: Any) -> None:
+    """``detector live``: every option of ``config.OPTIONS`` (also settable in --config)."""
+    p = sub.add_parser(
+        "live",
+        help="capture from network interfaces and report Kaspersky contacts as they happen",
+        description="Capture on one or more interfaces (a span or tap port) and write one alert per "
+        "Kaspersky contact as soon as it is seen (EVE JSON on standard output by default). "
+        "SIGHUP reloads the config file and signatures, SIGUSR1 logs statistics, SIGTERM stops.",
+    )
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file setting any option below (keys: the option names without dashes); "
+                   "the command line wins; SIGHUP re-reads it")
+    for o in cfg.OPTIONS:
+        flags = [o.short, f"--{o.key}"] if o.short else [f"--{o.key}"]
+        dest = LIVE_DEST + o.dest
+        if o.kind == "bool":
+            p.add_argument(f"--{o.key}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=o.help)
+        elif o.kind == "list":
+            p.add_argument(*flags, dest=dest, action="append", default=None, metavar=o.metavar, help=o.help)
+        else:
+            typ: Callable[[str], Any] = {"int": int, "float": float}.get(o.kind, str)
+            p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=o.metavar, help=o.help)
+    p.set_defaults(func=cmd_live)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="detector",
@@ -177,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
-    from . import live  # the span-port mode: capture, workers, reload, stats, metrics
-
-    live.add_parser(sub)
+    _live_parser(sub)
 
     s = sub.add_parser("signatures", help="check or list signature packs")
     ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")
