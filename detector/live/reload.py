@@ -32,6 +32,8 @@ class SigIndex:
 
 
 def reload(ctl: Controller) -> None:
+    """SIGHUP in the controller: reopen the output files, then swap in the new settings and
+    signatures, or keep the old ones and say why."""
     ctl.outputs.reopen()
     old = ctl.settings
     try:
@@ -73,6 +75,7 @@ def reload(ctl: Controller) -> None:
     changed = ", ".join(hot) if hot else "nothing else"
     log(f"reload: {len(sigs)} signatures from {len(sigs.files)} file(s) accepted (generation {ctl.gen}); "
         f"changed: {changed}")
+
 
 def _rejected(ctl: Controller, why: str) -> None:
     ctl.reloads["failed"] += 1
