@@ -651,12 +651,10 @@ class Detector:
         """A flow with no host name of its own (or only an ECH outer name, ``outer``), to an
         address ``src`` learned from a DNS answer for a Kaspersky name: attributed to that
         name, unless it is the outer name itself (already reported as the SNI)."""
-        learned = self.learned.lookup(src, dst, ts)
+        learned = self.learned.lookup(src, dst, ts, unless=outer.lower().rstrip(".") if outer else None)
         if learned is None:
             return None
         hostname, hit, _learned_at = learned
-        if outer is not None and hostname == outer.lower().rstrip("."):
-            return None
         detail = dict(detail, app_proto=app, resolved_by=f"DNS answer to {src} for {hostname}")
         return self._emit(ts, Evidence.DNS_LEARNED, hostname, hit.signature, hit.pattern, src, sport, dst, dport,
                           proto, detail, vlans, Strength.WEAK)

@@ -304,6 +304,18 @@ def test_real_ech_reports_the_outer_name_and_the_name_learned_from_dns(mode):
     assert retry["flow_id"] != outer["flow_id"]
 
 
+def test_ech_summary_counts_only_flows_named_by_a_learned_address():
+    """The GREASE-ECH flows' SNI is the name the client resolved: the learned address names
+    nothing new, and the summary does not count it as used; the real-ECH flows are."""
+
+    def learned_line(name: str) -> str:
+        r = subprocess.run([*_cli(), "replay", str(ISSUE4 / name)], capture_output=True, text=True, timeout=120)
+        return next(line for line in r.stderr.splitlines() if line.startswith("addresses learned"))
+
+    assert learned_line("ech-grease.pcap") == "addresses learned from Kaspersky DNS answers: learned 1"
+    assert learned_line("ech-real.pcap") == "addresses learned from Kaspersky DNS answers: used 2, learned 1"
+
+
 # -- EVE schema -----------------------------------------------------------------------------
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_every_record_validates_against_suricata_schema(schema):
