@@ -268,8 +268,8 @@ class Detector:
         if hello is None:
             return
         detail = _hello_detail(hello, version=quicp.version_name(self.quic.last_version), tls_version=tlsp.version_name(hello.version))
-        named = self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
-        if (named is None and not hello.server_name) or hello.ech:  # as for TLS over TCP
+        self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
+        if not hello.server_name or hello.ech:  # as for TLS over TCP
             self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans, hello.server_name)
 
     def _named_hello(
