@@ -121,6 +121,35 @@ def version(cmd: list[str]) -> str:
         return "?"
 
 
+def jobs_comparison(args: argparse.Namespace, runs_dir: str) -> dict:
+    """--jobs 1 vs --jobs 2 over the capture split into files (editcap -c), alternating."""
+    stats = bench_lib.pcap_stats(args.pcap)
+    per = stats["packets"] // args.jobs_files + 1
+    parts_dir = os.path.join(bench_lib.WORK, f"split-{args.jobs_files}")
+    if not os.path.isdir(parts_dir) or len(os.listdir(parts_dir)) != args.jobs_files:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        os.makedirs(parts_dir)
+        subprocess.run(["editcap", "-F", "pcap", "-c", str(per), args.pcap, os.path.join(parts_dir, "part.pcap")], check=True)
+    files = sorted(os.path.join(parts_dir, f) for f in os.listdir(parts_dir))
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    outs: dict[int, bytes] = {}
+    runs = max(1, min(args.runs, 3))
+    for _ in range(runs):
+        for j in (1, 2):
+            out = os.path.join(runs_dir, f"jobs{j}.json")
+            if os.path.exists(out):
+                os.unlink(out)
+            m = measure([args.detector, "replay", "-q", "--jobs", str(j), *files, "--output", out])
+            if m["rc"] != 0:
+                raise SystemExit(f"detector --jobs {j} failed: {m['stderr']}")
+            walls[j].append(m["wall"])
+            with open(out, "rb") as fh:
+                outs[j] = fh.read()
+            print(f"jobs {j}: {m['wall']:.2f} s", file=sys.stderr, flush=True)
+    w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
+    return {"files": len(files), "runs": runs, "wall1": w1, "wall2": w2, "speedup": w1 / w2, "same": outs[1] == outs[2]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Time detector vs Suricata vs tcpdump on the benchmark capture.")
     ap.add_argument("--runs", type=int, default=5)
@@ -131,6 +160,9 @@ def main() -> int:
     ap.add_argument("--detector", default=os.path.join(bench_lib.REPO, ".venv", "bin", "detector"))
     ap.add_argument("--detector-args", default="", help="extra arguments for detector replay (quoted)")
     ap.add_argument("--results", default=os.path.join(bench_lib.WORK, "results.md"))
+    ap.add_argument("--no-python", action="store_true", help="skip the pure-Python path (detector --exact) row")
+    ap.add_argument("--jobs-files", type=int, default=4,
+                    help="split the capture into this many files for the --jobs 1 vs --jobs 2 comparison (0: skip)")
     args = ap.parse_args()
 
     W = bench_lib.WORK
@@ -152,6 +184,7 @@ def main() -> int:
 
     det_extra = shlex.split(args.detector_args)
     det_out = os.path.join(runs_dir, "detector.json")
+    py_out = os.path.join(runs_dir, "detector-python.json")
     sur_dir = os.path.join(runs_dir, "suricata")
 
     def tagged(path: str, tag: str) -> str:
@@ -160,23 +193,27 @@ def main() -> int:
     def cmd_for(tool: str, pcap: str, tag: str = "") -> list[str]:
         if tool == "detector":
             return [args.detector, "replay", "-q", pcap, "--output", tagged(det_out, tag), *det_extra]
+        if tool == "detector-python":
+            return [args.detector, "replay", "-q", "--exact", pcap, "--output", tagged(py_out, tag), *det_extra]
         if tool == "suricata":
             return ["suricata", "--runmode", "single", "-c", args.suricata_config, "-r", pcap, "-S", args.rules,
                     "-l", tagged(sur_dir, tag), "-k", "none"]
         return ["tcpdump", "-n", "-r", pcap, "-w", "/dev/null", BPF]
 
     def prepare(tool: str, tag: str = "") -> None:
-        if tool == "detector" and os.path.exists(tagged(det_out, tag)):
-            os.unlink(tagged(det_out, tag))  # --output appends
+        for out in (det_out, py_out):
+            if tool.startswith("detector") and os.path.exists(tagged(out, tag)):
+                os.unlink(tagged(out, tag))  # --output appends
         if tool == "suricata":
             shutil.rmtree(tagged(sur_dir, tag), ignore_errors=True)
             os.makedirs(tagged(sur_dir, tag))
 
-    tools = ("detector", "suricata", "tcpdump")
+    tools: tuple[str, ...] = ("detector", "suricata", "tcpdump") + (() if args.no_python else ("detector-python",))
     res: dict[str, list[dict]] = {t: [] for t in tools}
     startup: dict[str, list[float]] = {t: [] for t in tools}
-    detections: dict[str, list[tuple[set, int]]] = {"detector": [], "suricata": []}
+    detections: dict[str, list[tuple[set, int]]] = {"detector": [], "suricata": [], "detector-python": []}
     last_contacts: dict[str, set] = {}
+    same_alerts: list[bool] = []  # the core's alert file == the pure-Python path's, per round
     other_evidence: dict[str, int] = {}  # detector alerts not compared (certificate, ...), all runs
     load_before = os.getloadavg()
     for r in range(1, args.runs + 1):
@@ -190,6 +227,12 @@ def main() -> int:
                 c = bench_lib.detector_contacts(det_out, other_evidence)
                 detections[tool].append((c, bench_lib.count_lines(det_out)))
                 last_contacts[tool] = c
+            elif tool == "detector-python":
+                c = bench_lib.detector_contacts(py_out, {})
+                detections[tool].append((c, bench_lib.count_lines(py_out)))
+                last_contacts[tool] = c
+                with open(det_out, "rb") as a, open(py_out, "rb") as b:
+                    same_alerts.append(a.read() == b.read())
             elif tool == "suricata":
                 c, _unnamed = bench_lib.suricata_contacts(os.path.join(sur_dir, "eve.json"))
                 detections[tool].append((c, bench_lib.count_lines(os.path.join(sur_dir, "eve.json"))))
@@ -203,6 +246,7 @@ def main() -> int:
             m = measure(cmd_for(tool, tiny, "tiny-"))
             startup[tool].append(m["wall"])
 
+    jobs = jobs_comparison(args, runs_dir) if args.jobs_files > 1 else None
     load_after = os.getloadavg()
     # ---- table ----
     mbit = stats["wire_bytes"] * 8 / 1e6
@@ -250,8 +294,27 @@ def main() -> int:
         "detector/suricata, CPU time": cpu["detector"] / cpu["suricata"],
         "detector/tcpdump, CPU time": cpu["detector"] / cpu["tcpdump"],
     }
+    if "detector-python" in med:
+        ratios["detector (pure Python, --exact)/suricata"] = med["detector-python"] / med["suricata"]
+        ratios["detector compiled core speed-up over pure Python"] = med["detector-python"] / med["detector"]
     table = header + "\n" + "\n".join(fmt_row(r) for r in rows)
     ratio_txt = "\n".join(f"- {k}: **{v:.2f}x**" for k, v in ratios.items())
+    det_row = next(r for r in rows if r["tool"] == "detector")
+    targets = [
+        ("detector wall <= 0.5x Suricata --runmode single", ratios["detector/suricata"], ratios["detector/suricata"] <= 0.5),
+        ("detector wall <= 2.5x the tcpdump floor", ratios["detector/tcpdump"], ratios["detector/tcpdump"] <= 2.5),
+        ("detector peak RSS <= 150 MB", det_row["peak_rss_mb"], det_row["peak_rss_mb"] <= 150),
+        ("every contact found, none false", f"{det_row['found']}/{det_row['expected']}/{det_row['false']}",
+         det_row["found"] == det_row["expected"] and det_row["false"] == 0),
+    ]
+    if same_alerts:
+        targets.append(("core and pure-Python path write identical alerts", f"{sum(same_alerts)}/{len(same_alerts)} rounds",
+                        all(same_alerts)))
+    if jobs:
+        targets.append((f"--jobs 2 >= 1.8x --jobs 1 on {jobs['files']} files, same output", f"{jobs['speedup']:.2f}x",
+                        jobs["speedup"] >= 1.8 and jobs["same"]))
+    target_txt = "| target | measured | met |\n|---|---|---|\n" + "\n".join(
+        f"| {name} | {val if isinstance(val, str) else f'{val:.2f}'} | {'yes' if ok else '**no**'} |" for name, val, ok in targets)
     load_txt = (f"Load average (1 min) before/after the runs: {load_before[0]:.2f} / {load_after[0]:.2f}"
                 f" on {os.cpu_count()} CPUs" + (" -- the machine was busy: wall times are noisy, compare CPU times"
                                                 if max(load_before[0], load_after[0]) > 1.5 else "") + ".")
@@ -295,6 +358,11 @@ def main() -> int:
         "Ratios of median wall times, and of median CPU times (below 1 = the detector is faster):",
         "",
         ratio_txt,
+        "",
+        target_txt,
+        "",
+        (f"--jobs on {jobs['files']} files of the same capture: --jobs 1 {jobs['wall1']:.2f} s, --jobs 2 "
+         f"{jobs['wall2']:.2f} s (median of {jobs['runs']}), output identical: {jobs['same']}." if jobs else ""),
         "",
         load_txt,
         "",

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import __version__, replay
 from . import config as cfg
-from .capture import fast
+from .capture import core
 from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
 from .outputs import open_outputs
@@ -214,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread the files (or one large pcap, by a hash of the IP addresses) over N "
                    "processes; the alerts are the same as with one (default 1)")
     r.add_argument("--exact", action="store_true",
-                   help="read every packet in Python (no libpcap fast path); slower, for captures whose "
+                   help="read every packet in Python (no compiled core); slower, for captures whose "
                    "client hellos or request heads span more than --flow-head packets")
-    r.add_argument("--flow-head", type=int, default=fast.DEFAULT_FLOW_HEAD, metavar="N",
-                   help=f"fast path: packets per flow direction handed to the parsers (default {fast.DEFAULT_FLOW_HEAD})")
+    r.add_argument("--flow-head", type=int, default=core.DEFAULT_FLOW_HEAD, metavar="N",
+                   help=f"compiled core: packets per direction of an interesting flow handed to the parsers (default {core.DEFAULT_FLOW_HEAD})")
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 

@@ -117,6 +117,10 @@ class Matcher:
                 node.setdefault(_WILD, []).append((_wildcard_regex(wild), Hit(sig, wild, "wildcard")))
                 self.size += 1
 
+    def ports(self, proto: int) -> list[int]:
+        """Every port a signature names for this IP protocol (6 or 17), for the core's prefilter."""
+        return sorted(p for (pr, p) in self._ports if pr == proto)
+
     def lookup_port(self, proto: int, port: int) -> Signature | None:
         """The port signature for (IP protocol number, port), if any."""
         return self._ports.get((proto, port)) if self._ports else None

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from .aggregate import Upgrade
-from .capture import fast
+from .capture import core
 from .capture.pcap import CaptureFile
 from .errors import CaptureError
 from .model import Alert, Match
@@ -40,12 +40,13 @@ class FileResult:
     state: Counter[str] = field(default_factory=Counter)  # worker mode only
 
 
-def open_capture(path: str, exact: bool, flow_head: int, part: tuple[int, int] | None = None) -> CaptureFile | fast.FastCapture:
-    if not exact and fast.usable(path):
-        try:
-            return fast.FastCapture(path, flow_head=flow_head, part=part)
-        except fast.NotOnFastPath:
-            pass
+def open_capture(det: Detector, path: str, exact: bool, flow_head: int,
+                 part: tuple[int, int] | None = None) -> CaptureFile | core.CoreCapture:
+    """The compiled core where it is built and reads the file; else the Python reader."""
+    if not exact:
+        core.warn_missing()
+        if core.usable(path):
+            return core.CoreCapture(path, det.matcher, flow_head=flow_head, part=part)
     return CaptureFile(path)
 
 
@@ -54,27 +55,33 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     """Feed one file (or one share of it) to ``det``; alerts that become ready go to ``emit``."""
     res = FileResult(path)
     try:
-        cf = open_capture(path, exact, flow_head, part)
+        cf = open_capture(det, path, exact, flow_head, part)
     except CaptureError as exc:
         res.error = str(exc)
         return res
     det.set_source(path)
     det.reset_state()
+    feed = det.feed
     try:
         with cf:
-            feed = det.feed
-            for ts, linktype, data, wirelen in cf:
-                if wirelen == fast.LEARN_ONLY:
-                    det.learn_only(ts, linktype, data)
-                    continue
-                out = feed(ts, linktype, data)
-                if out:
-                    emit(out)
+            if isinstance(cf, core.CoreCapture):
+                for ts, linktype, data, _counters, learn_only in cf:
+                    if learn_only:
+                        det.learn_only(ts, linktype, data)
+                        continue
+                    out = feed(ts, linktype, data)
+                    if out:
+                        emit(out)
+            else:
+                for ts, linktype, data, _wirelen in cf:
+                    out = feed(ts, linktype, data)
+                    if out:
+                        emit(out)
     except CaptureError as exc:
         res.error = str(exc)
         return res
-    if isinstance(cf, fast.FastCapture):
-        det.account_shed(cf.records - cf.delivered)
+    if isinstance(cf, core.CoreCapture):
+        det.account_shed(cf.shed())
         res.fast = True
     if part is None or part[0] == 0:
         res.file_bytes = os.path.getsize(path) if os.path.isfile(path) else 0
@@ -129,7 +136,7 @@ def parallel(sigs: SignatureSet, files: list[str], jobs: int, exact: bool, flow_
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(sigs,)) as ex:
         pending: list[tuple[str, list[Future[FileResult]]]] = []
         for path in files:
-            if split and not exact and fast.usable(path):
+            if split and not exact and core.usable(path):
                 futs = [ex.submit(_work, path, exact, flow_head, (k, jobs)) for k in range(jobs)]
             else:
                 futs = [ex.submit(_work, path, exact, flow_head, None)]

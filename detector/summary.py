@@ -45,9 +45,11 @@ def render(det: Detector, run: RunInfo) -> str:
     )
     if run.fast_files:
         lines.append(
-            f"fast path: {run.fast_files} file(s) read by libpcap; {st.shed:,} packets shed in C "
-            f"(flow bulk after the first packets), {st.packets - st.shed:,} handed to Python"
+            f"path: compiled core (Rust) for {run.fast_files} file(s); {st.shed:,} packets shed in the core "
+            f"(no anchor label, no signature port, flow bulk), {st.packets - st.shed:,} handed to Python"
         )
+    elif run.files_ok:
+        lines.append("path: pure Python (every packet decoded in Python)")
     for w in run.warnings:
         lines.append(f"  warning: {w}")
     for e in run.files_failed:

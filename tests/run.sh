@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then runs
-# ruff, mypy and pytest.  Extra arguments go to pytest (e.g. -k tls, -x).
+# cargo test (the Rust core), ruff, mypy and pytest.  Extra arguments go to pytest (e.g. -k tls, -x).
 #
 # As root on Debian/Ubuntu it installs the real clients and servers the end-to-end tests
 # drive in network namespaces (dnsmasq, nginx, tinyproxy, dig, curl, openssl, tcpdump,
@@ -30,6 +30,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# The Rust core's own tests (core/), where a toolchain exists; pip above built the
+# extension from the same crate (or, without cargo, installed the pure-Python path).
+if command -v cargo >/dev/null 2>&1; then
+  (cd core && cargo test --release --no-default-features -q 2>&1 | grep -E "^test result|FAILED|panicked|error" ; exit "${PIPESTATUS[0]}")
+fi
 
 .venv/bin/ruff check detector tests
 .venv/bin/mypy

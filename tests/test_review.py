@@ -1,8 +1,8 @@
-"""Review findings: regression tests for bugs found in review (hand-built packets with scapy), and one known fast-path limit."""
+"""Review findings: regression tests for bugs found in review (hand-built packets with scapy),
+including the libpcap fast path's port-reuse limit that the compiled core removed."""
 
 from __future__ import annotations
 
-import pytest
 from scapy.all import IP, TCP, Ether, Raw, wrpcap  # type: ignore[attr-defined]
 
 from detector import Detector
@@ -128,20 +128,12 @@ def test_jobs_split_learns_names_from_tcp_dns_like_one_process(tmp_path) -> None
     assert run_cli("--jobs", "2") == one
 
 
-# -- 3. Fast path: a connection reusing the ports of one past its flow head is shed in C ------
-# The pcapy-ng classifier counts packets per 5-tuple for a whole CHUNK (65,536 packets,
-# capture/fast.py:36/187) and does not start a flow afresh on SYN, so after a connection of
-# more than --flow-head packets per direction, a new connection on the same ports within the
-# same chunk is shed whole (its SYN, ClientHello / request head included).  --exact alerts.
+# -- 3. Fast path: a connection reusing the ports of one past its flow head was shed ----------
+# The old pcapy-ng classifier counted packets per 5-tuple for a whole chunk and did not start
+# a flow afresh on SYN, so a new connection on the same ports was shed whole.  The compiled
+# core restarts a flow on a SYN without ACK: the new connection is seen, as by --exact.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known fast-path limit: pcapy-ng's classifier counts a 5-tuple's packets for a whole "
-    "65,536-packet chunk and does not restart on SYN, so a second connection on the same ports "
-    "within a chunk, after a first one longer than --flow-head, is shed; --exact sees it "
-    "(documented in README and detector/capture/fast.py)",
-)
 def test_fast_path_port_reuse_within_chunk_matches_exact(tmp_path) -> None:
     big_fin_opts = [*TS_OPTS, ("NOP", None), ("NOP", None), ("SAck", (1, 2))]  # >= 74 bytes: not finding 1
     frames = [seg("S", 100, options=SYN_OPTS)]

@@ -1,0 +1,122 @@
+"""The compiled core: one pass over a capture file in Rust (``core/``, built by PyO3).
+
+The core reads the file (pcap, pcapng, gzip'd), decodes every frame once, counts it in its
+flow and hands Python only the frames that can hold evidence, in capture order and in
+batches, each with its flow's counters (see ``core/src/classify.rs`` for the rules).
+Python then runs them through the same ``Detector`` as the pure-Python path, so matching,
+evidence, de-duplication and formats are one code; a test asserts both paths give the
+same alerts on every capture.
+
+Where the extension was not built (no Rust toolchain at install time), ``AVAILABLE`` is
+False and replay takes the pure-Python path after one warning (``warn_missing``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+
+from ..errors import CaptureError
+from ..matcher import Matcher
+from .pcap import PCAP_MAGICS, PCAPNG_SHB
+
+try:
+    from .. import _core  # type: ignore[attr-defined]
+except ImportError:  # built without a Rust toolchain: the pure-Python path serves
+    _core = None
+
+AVAILABLE = _core is not None
+DEFAULT_FLOW_HEAD = 16
+BATCH = 8192
+LEARN_ONLY = -1  # wire length marking a record from another share, for DNS learning only
+HOW_TO_BUILD = (
+    "the compiled core (detector._core) is not built: running the pure-Python path (same alerts, "
+    "slower). To get the fast path, install a Rust toolchain (https://rustup.rs) and reinstall: "
+    "pip install --force-reinstall --no-deps kaspersky-traffic-detector"
+)
+_warned = False
+
+
+def warn_missing() -> None:
+    """Say once per process that the fast path is missing and how to get it."""
+    global _warned
+    if not AVAILABLE and not _warned:
+        _warned = True
+        sys.stderr.write(f"detector: warning: {HOW_TO_BUILD}\n")
+
+
+def usable(path: str) -> bool:
+    """True when the core can read this file: pcap or pcapng, plain or gzip'd."""
+    if not AVAILABLE:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+            if magic[:2] == b"\x1f\x8b":
+                fh.seek(0)
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    magic = gz.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return magic in PCAP_MAGICS or magic == PCAPNG_SHB
+
+
+class CoreCapture:
+    """Iterate the records the core hands up: ``(ts, linktype, data, counters, learn_only)``."""
+
+    def __init__(self, path: str, matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD,
+                 part: tuple[int, int] | None = None, max_flows: int = 200_000) -> None:
+        assert _core is not None, "CoreCapture needs the compiled core"
+        self.path = path
+        anchors = matcher.dns_anchors
+        try:
+            self._scanner = _core.Scanner(
+                path,
+                list(anchors) if anchors is not None else None,
+                matcher.ports(6),
+                matcher.ports(17),
+                flow_head=flow_head,
+                max_flows=max_flows,
+                part=part,
+            )
+        except OSError as exc:
+            raise CaptureError(str(exc)) from None
+        self.bytes = os.path.getsize(path)
+
+    @property
+    def warning(self) -> str | None:
+        w: str | None = self._scanner.warning
+        return w
+
+    @property
+    def format(self) -> str:
+        return f"{self._scanner.format} (compiled core)"
+
+    def stats(self) -> dict[str, int]:
+        s: dict[str, int] = self._scanner.stats()
+        return s
+
+    def shed(self) -> int:
+        """Frames of this file (or share) that never reached Python."""
+        s = self.stats()
+        return s["packets"] - s["delivered"] - s["other_share"]
+
+    def __iter__(self) -> Iterator[tuple[float, int, bytes, tuple | None, bool]]:
+        next_batch = self._scanner.next_batch
+        while True:
+            batch = next_batch(BATCH)
+            if not batch:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> CoreCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
