@@ -105,7 +105,7 @@ REF=$WORK/replay.json
 "$PY" -m detector replay -q "${SIGS[@]}" "$PCAP" >"$REF"  # looping adds no contact: the same keys again
 
 # Is the subcommand registered in cli.py yet?  Otherwise the module entry point.
-if "$PY" -m detector live --help >/dev/null 2>&1; then DET=(-m detector live); else DET=(-m detector.live); fi
+DET=(-m detector live)
 
 compare() {  # compare <live.json> -> "share missed extra"
     "$PY" - "$REF" "$1" <<'PY'

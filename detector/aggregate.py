@@ -1,7 +1,11 @@
 """De-duplication and the alert lifecycle, on packet time.
 
-One alert per (client, signature, hostname, evidence kind) per window (default an hour of
-capture time): the first match opens the window, later matches only bump its count and
+One alert per key per window (default an hour of capture time).  The key is what makes two
+matches the same evidence: (client, signature, hostname, evidence kind, application
+protocol, server port), plus the server address for evidence that names no host of its own
+(``ip-from-dns``, ``ksc-port``).  So a client's plain-HTTP flow to port 80 and its TLS flow
+to port 443 of an address it learned from DNS are two alerts, never one.  The first match
+opens the window, later matches only bump its count and
 ``last_seen``.  An alert leaves when capture time passes the end of its window, or at
 ``flush()``; so its count is final when it is written.  The table is capped: past
 ``max_open`` open alerts the oldest leaves early (counted in ``early``).
@@ -15,10 +19,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .model import Alert, Match, Strength
+from .model import Alert, Evidence, Match, Strength
 from .storm import StormControl
 
-Key = tuple[str, int, str, str]
+Key = tuple[str, int, str, str, str, int, str]
+
+# Evidence without a host name of its own: the server address tells two flows apart.
+_BY_ADDRESS = frozenset({Evidence.DNS_LEARNED, Evidence.PORT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +54,21 @@ class _Open:
         return Alert(self.match, self.count, self.first, self.last, self.source, self.strength)
 
 
+def make_key(
+    client: str, sid: int, hostname: str, evidence: Evidence, app: str, server: str, server_port: int
+) -> Key:
+    """The de-duplication key; ``app`` is the application protocol the flow spoke (for
+    flow evidence, ``detail["app_proto"]``: tls, http, quic, failed)."""
+    return (
+        client, sid, hostname, evidence.value, app, server_port,
+        server if evidence in _BY_ADDRESS else "",
+    )
+
+
 def key_of(match: Match) -> Key:
     obs = match.observation
-    return (obs.client, match.signature.id, obs.hostname, obs.evidence.value)
+    app = obs.detail.get("app_proto") or obs.evidence.app_proto
+    return make_key(obs.client, match.signature.id, obs.hostname, obs.evidence, app, obs.server, obs.server_port)
 
 
 class Aggregator:

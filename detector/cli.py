@@ -16,9 +16,11 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__, replay
+from . import config as cfg
 from .capture import core
 from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
@@ -160,6 +162,48 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(args, _signatures(args))
 
 
+LIVE_DEST = "live_"  # argparse dests of `live`, apart from replay's (main inspects a few by name)
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from . import live  # the span-port mode (capture, workers, reload, stats, metrics)
+
+    cli_values = {o.dest: getattr(args, LIVE_DEST + o.dest, None) for o in cfg.OPTIONS}
+    try:
+        settings = cfg.resolve(cli_values, args.config)
+    except cfg.ConfigFileError as exc:
+        for path, line, msg in exc.problems:
+            sys.stderr.write(f"{path}:{line}: {msg}\n")
+        _err(f"{len(exc.problems)} problem(s) in the configuration; nothing was started")
+        return EXIT_USAGE
+    return live.run(settings, cli_values, debug=args.debug)
+
+
+def _live_parser(sub: Any) -> None:
+    """``detector live``: every option of ``config.OPTIONS`` (also settable in --config)."""
+    p = sub.add_parser(
+        "live",
+        help="capture from network interfaces and report Kaspersky contacts as they happen",
+        description="Capture on one or more interfaces (a span or tap port) and write one alert per "
+        "Kaspersky contact as soon as it is seen (EVE JSON on standard output by default). "
+        "SIGHUP reloads the config file and signatures, SIGUSR1 logs statistics, SIGTERM stops.",
+    )
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file setting any option below (keys: the option names without dashes); "
+                   "the command line wins; SIGHUP re-reads it")
+    for o in cfg.OPTIONS:
+        flags = [o.short, f"--{o.key}"] if o.short else [f"--{o.key}"]
+        dest = LIVE_DEST + o.dest
+        if o.kind == "bool":
+            p.add_argument(f"--{o.key}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=o.help)
+        elif o.kind == "list":
+            p.add_argument(*flags, dest=dest, action="append", default=None, metavar=o.metavar, help=o.help)
+        else:
+            typ: Callable[[str], Any] = {"int": int, "float": float}.get(o.kind, str)
+            p.add_argument(*flags, dest=dest, type=typ, default=None, metavar=o.metavar, help=o.help)
+    p.set_defaults(func=cmd_live)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="detector",
@@ -199,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at the end, how long to wait for collectors before spooling what is left (default 10)")
     r.add_argument("--no-dedup", action="store_true", help="one alert per hit, no aggregation")
     r.add_argument("--dedup-window", type=float, default=3600.0, metavar="SECONDS",
-                   help="aggregate repeated hits per (client, signature, name, evidence) over this much capture time (default 3600)")
+                   help="aggregate repeated hits per (client, signature, name, evidence, app protocol, server port) over this much capture time (default 3600)")
     add_storm_options(r)
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on standard error")
     r.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
@@ -213,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
-    from . import live  # the span-port mode: capture, workers, reload, stats, metrics
-
-    live.add_parser(sub)
+    _live_parser(sub)
 
     def only_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--only", action="append", metavar="CATEGORY", choices=CATEGORIES,

@@ -142,7 +142,7 @@ OPTIONS: tuple[Option, ...] = (
            "destination is unreachable (default: none, kept in memory)", _nonempty, path=True, metavar="DIR"),
     Option("ca", "str", None, "CA bundle (PEM) for TLS outputs (default: the system's)", _nonempty,
            path=True, metavar="FILE"),
-    Option("dedup-window", "float", 3600.0, "one alert per (client, signature, name, evidence) per this "
+    Option("dedup-window", "float", 3600.0, "one alert per (client, signature, name, evidence, app protocol, server port) per this "
            "much capture time; repeats inside it are counted, not written (default 3600)",
            _positive, reloadable=True, metavar="SECONDS"),
     Option("settle", "float", 0.5, "hold a new alert this long so the server's answer (DNS answer, "

@@ -39,8 +39,9 @@ class LearnedNames:
             self._t.popitem(last=False)
             self.counters["evicted"] += count
 
-    def lookup(self, client: str, addr: str, ts: float) -> tuple[str, Any, float] | None:
-        """(hostname, hit, when learned) or None; an expired entry is dropped."""
+    def lookup(self, client: str, addr: str, ts: float, unless: str | None = None) -> tuple[str, Any, float] | None:
+        """(hostname, hit, when learned) or None; an expired entry is dropped.  ``unless``:
+        a name the flow already carries (an ECH outer name): learning it adds nothing."""
         entry = self._t.get((client, addr))
         if entry is None:
             return None
@@ -48,6 +49,8 @@ class LearnedNames:
         if ts > expiry:
             del self._t[(client, addr)]
             self.counters["expired"] += 1
+            return None
+        if hostname == unless:
             return None
         self.counters["used"] += 1
         return hostname, hit, learned_at

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from .aggregate import Upgrade
 from .capture.logs import LogEvent, LogStats, read_log
 from .errors import CaptureError
-from .live import LiveDedup
 from .model import Alert, Evidence
 from .outputs import open_outputs
 from .parsers import http as httpp
 from .pipeline import Detector
+from .settle import LiveDedup
 from .signatures import SignatureSet
 from .summary import show
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aggregate import Aggregator, Key, Upgrade, key_of
+from .aggregate import Aggregator, Key, Upgrade, key_of, make_key
 from .correlate import Awaiting, LearnedNames
 from .decode import transport, tunnel
 from .decode.flowcount import CoreCounters, FlowCounters, FlowRecord
@@ -307,9 +307,9 @@ class Detector:
         if hello is None:
             return
         detail = _hello_detail(hello, version=quicp.version_name(self.quic.last_version), tls_version=tlsp.version_name(hello.version))
-        named = self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
-        if named is None and (not hello.server_name or hello.ech):
-            self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans)
+        self._named_hello(ts, Evidence.QUIC_SNI, hello, detail, src, sport, dst, dport, IPProto.UDP, vlans)
+        if not hello.server_name or hello.ech:  # as for TLS over TCP
+            self._hostless(ts, src, sport, dst, dport, IPProto.UDP, "quic", detail, vlans, hello.server_name)
 
     def _named_hello(
         self, ts: float, evidence: Evidence, hello: tlsp.ClientHello, detail: dict, src: str, sport: int, dst: str,
@@ -435,9 +435,10 @@ class Detector:
             named = self._named_hello(ts, Evidence.TLS_SNI, hello, detail, src, sport, dst, dport, IPProto.TCP, vlans)
             if named is not None:
                 self.awaiting.add((dst, dport, src, sport), key_of(named), "tls")
-            # No host name of its own (no SNI, or ECH with an outer name we do not know):
-            # an address learned from DNS may still name the flow.
-            hostless = not hello.server_name or (hello.ech and named is None)
+            # No host name of its own (no SNI), or ECH (the outer name is the public name,
+            # the inner one is hidden, whether or not the outer one matched): an address
+            # learned from DNS may still name the flow.
+            hostless = not hello.server_name or hello.ech
             self._client_flow(ts, key, "tls", detail if hostless else None, vlans, hello.server_name)
             return True
         if s.mode == "tls-server":
@@ -569,7 +570,7 @@ class Detector:
         # NOERROR with records; when the snaplen cut them, the header still counts them
         answered = msg.rcode == "NOERROR" and bool(msg.answers or msg.answer_count)
         if answered:
-            self._dns_answered(ts, dst, msg, query_seen)
+            self._dns_answered(ts, dst, src, sport, msg, query_seen)
         qname, qtype = (msg.questions[0].name, msg.questions[0].rrtype) if msg.questions else ("", "")
         answers = [
             {"rrname": a.rrname, "rrtype": a.rrtype, "ttl": a.ttl, "rdata": a.rdata}
@@ -603,7 +604,9 @@ class Detector:
         _start, pts, _b, ptc, _b2 = rec.counts()
         return max(0, pts + ptc - 1)
 
-    def _dns_answered(self, ts: float, client: str, msg: dnsp.DnsMessage, query_seen: bool) -> None:
+    def _dns_answered(
+        self, ts: float, client: str, server: str, server_port: int, msg: dnsp.DnsMessage, query_seen: bool
+    ) -> None:
         """An answer with records: upgrade the query's alert, and learn the addresses a
         Kaspersky name resolved to (the first name of the CNAME chain that matches)."""
         chain = [q.labels for q in msg.questions] + [a.target_labels for a in msg.answers if a.target_labels]
@@ -615,7 +618,8 @@ class Detector:
                 for q in msg.questions:
                     qhit = self.matcher.lookup_labels(q.labels)
                     if qhit is not None:
-                        self._upgrade(ts, (client, qhit.signature.id, qhit.name, Evidence.DNS_QUERY.value), Strength.COMPLETED)
+                        qkey = make_key(client, qhit.signature.id, qhit.name, Evidence.DNS_QUERY, "dns", server, server_port)
+                        self._upgrade(ts, qkey, Strength.COMPLETED)
             for a in msg.answers:
                 if a.rrtype in _ADDR_TYPES:
                     self.learned.learn(client, a.rdata, ts, a.ttl, hit.name, hit, count=not self._quiet)
@@ -715,17 +719,18 @@ class Detector:
         if psig is not None and (app == "tls" or not psig.tls_required):
             self._port_hit(ts, psig, src, sport, dst, dport, IPProto.TCP, app == "tls", sni, vlans, app)
         if hostless is not None:
-            m = self._hostless(ts, src, sport, dst, dport, IPProto.TCP, app, hostless, vlans)
+            m = self._hostless(ts, src, sport, dst, dport, IPProto.TCP, app, hostless, vlans, sni)
             if m is not None:
                 self.awaiting.add((dst, dport, src, sport), key_of(m), "any")
 
     def _hostless(
         self, ts: float, src: str, sport: int, dst: str, dport: int, proto: int, app: str, detail: dict,
-        vlans: tuple[int, ...],
+        vlans: tuple[int, ...], outer: str | None = None,
     ) -> Match | None:
-        """A flow with no host name of its own, to an address ``src`` learned from a DNS
-        answer for a Kaspersky name: attributed to that name."""
-        learned = self.learned.lookup(src, dst, ts)
+        """A flow with no host name of its own (or only an ECH outer name, ``outer``), to an
+        address ``src`` learned from a DNS answer for a Kaspersky name: attributed to that
+        name, unless it is the outer name itself (already reported as the SNI)."""
+        learned = self.learned.lookup(src, dst, ts, unless=outer.lower().rstrip(".") if outer else None)
         if learned is None:
             return None
         hostname, hit, _learned_at = learned

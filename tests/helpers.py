@@ -13,7 +13,9 @@ from detector.model import Alert
 
 REPO = Path(__file__).resolve().parents[1]
 PCAPS = REPO / "pcaps"
-SHARED_REF = REPO.parent / "shared" / "ref"
+# Third-party reference files (ECS, OCSF, Suricata EVE schemas): see tests/fixtures/ref/README.md
+REF = REPO / "tests" / "fixtures" / "ref"
+EVE_SCHEMAS = [REF / "suricata" / "suricata-eve-schema-7.0.10.json", REF / "suricata" / "suricata-eve-schema-8.0.6.json"]
 
 CLIENT, SERVER = "198.18.0.10", "198.18.0.1"
 
@@ -25,6 +27,15 @@ def dns_query(name: str, client: str = CLIENT, qid: int = 1, sport: int = 40000)
 def dns_cname_response(qname: str, target: str, client: str = CLIENT, qid: int = 2) -> bytes:
     an = DNSRR(rrname=qname, type="CNAME", rdata=target) / DNSRR(rrname=target, type="A", rdata="198.18.0.1")
     return bytes(Ether() / IP(src=SERVER, dst=client) / UDP(sport=53, dport=40001) / DNS(id=qid, qr=1, qd=DNSQR(qname=qname), an=an))
+
+
+def dns_a_response(qname: str, addr: str, client: str = CLIENT, qid: int = 3, ttl: int = 300) -> bytes:
+    an = DNSRR(rrname=qname, type="A", rdata=addr, ttl=ttl)
+    return bytes(Ether() / IP(src=SERVER, dst=client) / UDP(sport=53, dport=40002) / DNS(id=qid, qr=1, qd=DNSQR(qname=qname), an=an))
+
+
+def udp_payload(payload: bytes, client: str = CLIENT, dport: int = 443, sport: int = 51000) -> bytes:
+    return bytes(Ether() / IP(src=client, dst=SERVER) / UDP(sport=sport, dport=dport) / Raw(payload))
 
 
 def tcp_payload(payload: bytes, client: str = CLIENT, dport: int = 80, sport: int = 41000, seq: int = 1000, v6: bool = False) -> bytes:

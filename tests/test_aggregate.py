@@ -21,17 +21,22 @@ def match(
     client: str = "10.0.0.5",
     hostname: str = "activation-v2.kaspersky.com",
     evidence: Evidence = Evidence.TLS_SNI,
+    server: str = "192.0.2.1",
+    server_port: int = 443,
+    client_port: int = 50000,
+    detail: dict | None = None,
 ) -> Match:
     obs = Observation(
         ts=ts,
         evidence=evidence,
         hostname=hostname,
         client=client,
-        server="192.0.2.1",
-        client_port=50000,
-        server_port=443,
+        server=server,
+        client_port=client_port,
+        server_port=server_port,
         proto=6,
         flow_id=1,
+        detail=detail or {},
     )
     return Match(obs, sig, hostname)
 
@@ -89,6 +94,7 @@ def test_expire_directly(sigs) -> None:
         {"client": "10.0.0.99"},
         {"hostname": "activate.activation-v2.kaspersky.com"},
         {"evidence": Evidence.DNS_QUERY},
+        {"server_port": 8443},  # the same name on another port is other evidence
     ],
 )
 def test_key_parts_make_separate_alerts(sigs, other: dict) -> None:
@@ -97,6 +103,45 @@ def test_key_parts_make_separate_alerts(sigs, other: dict) -> None:
     a.add(match(sigs[0], 2.0, **other))
     assert len(a) == 2
     assert [x.count for x in a.flush()] == [1, 1]
+
+
+def _learned(sig, ts, **kw) -> Match:
+    kw.setdefault("detail", {"app_proto": "tls"})
+    return match(sig, ts, evidence=Evidence.DNS_LEARNED, **kw)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"server_port": 80, "detail": {"app_proto": "http"}},  # plain HTTP to port 80, TLS to 443
+        {"detail": {"app_proto": "http"}},  # HTTP and TLS on one port
+        {"server": "192.0.2.2"},  # another address the name resolved to
+    ],
+)
+def test_flow_evidence_is_not_merged_across_protocol_port_or_address(sigs, other: dict) -> None:
+    """ip-from-dns (and ksc-port) name no host of their own: the application protocol, the
+    server port and the server address tell the flows apart (issue 11, point 3)."""
+    a = Aggregator()
+    a.add(_learned(sigs[0], 1.0))
+    a.add(_learned(sigs[0], 2.0, **other))
+    assert len(a) == 2
+
+
+def test_flow_evidence_repeats_still_merge(sigs) -> None:
+    """Another connection (new client port) of the same kind to the same endpoint: one alert."""
+    a = Aggregator()
+    a.add(_learned(sigs[0], 1.0))
+    a.add(_learned(sigs[0], 2.0, client_port=50001))
+    (alert,) = a.flush()
+    assert alert.count == 2
+
+
+def test_named_evidence_is_not_split_by_server_address(sigs) -> None:
+    """A host name seen in SNI on two addresses of a CDN is one piece of evidence."""
+    a = Aggregator()
+    a.add(match(sigs[0], 1.0, server="192.0.2.1"))
+    a.add(match(sigs[0], 2.0, server="192.0.2.77"))
+    assert len(a) == 1
 
 
 def test_different_signature_same_host_separate(sigs) -> None:

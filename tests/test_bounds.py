@@ -74,20 +74,21 @@ def test_state_has_every_table_and_no_unknown_keys() -> None:
 
 def test_live_metrics_export_every_table(tmp_path) -> None:
     from detector import config as cfg
-    from detector import live
+    from detector.live.controller import Controller
+    from detector.live.worker import WorkerProc
     from detector.metrics import render
     from detector.outputs import open_outputs
     from detector.signatures import load_signatures
 
     outs = open_outputs([str(tmp_path / "a.json")])
     try:
-        ctl = live.Controller(cfg.resolve({}), {}, load_signatures(), outs, [], None)
+        ctl = Controller(cfg.resolve({}), {}, load_signatures(), outs, [], None)
         ctl.workers = []  # stats as two workers would ship them
         for wid, evicted in ((0, 3), (1, 4)):
-            w = live._WorkerProc(wid, 0, None)  # type: ignore[arg-type]
+            w = WorkerProc(wid, 0, None)  # type: ignore[arg-type]
             w.stats = {"state_streams_evicted": evicted, "state_streams": 10, "state_frag_too_many": 1}
             ctl.workers.append(w)
-        text = render(ctl.samples())
+        text = render(ctl.health.samples())
     finally:
         outs.close(1.0)
     assert 'detector_evictions_total{table="streams_evicted",reason="TCP stream table full"} 7' in text

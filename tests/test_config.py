@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from detector import config as cfg
+from detector.cli import LIVE_DEST, build_parser
 from detector.errors import ConfigError
-from detector.live import DEST_PREFIX, add_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,18 +152,18 @@ def test_signature_paths_like_replay(tmp_path: Path) -> None:
 
 
 def test_every_option_is_a_flag_and_a_key() -> None:
-    parser = argparse.ArgumentParser()
-    live = add_parser(parser.add_subparsers())
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    live = sub.choices["live"]
     flags = {s for a in live._actions for s in a.option_strings}
     for o in cfg.OPTIONS:
         assert f"--{o.key}" in flags
-    assert {a.dest for a in live._actions} >= {DEST_PREFIX + o.dest for o in cfg.OPTIONS}
+    assert {a.dest for a in live._actions} >= {LIVE_DEST + o.dest for o in cfg.OPTIONS}
     assert {f"--{o.key}" for o in cfg.OPTIONS} | {"--config", "-h", "--help", "--no-promisc", "-i", "-o"} == flags
 
 
 def test_bad_config_exits_2_with_file_line_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "interface: eth0\nworkerz: 2\n")
-    r = subprocess.run([sys.executable, "-m", "detector.live", "--config", path], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "detector", "live", "--config", path], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.splitlines() == [
         f"{path}:2: unknown key 'workerz' (valid: {', '.join(o.key for o in cfg.OPTIONS)})",
@@ -172,5 +172,5 @@ def test_bad_config_exits_2_with_file_line_and_no_traceback(tmp_path: Path) -> N
 
 
 def test_no_interface_exits_2() -> None:
-    r = subprocess.run([sys.executable, "-m", "detector.live"], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "detector", "live"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr == "detector: no interface: give -i IFACE (or 'interface:' in the --config file)\n"

@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import SHARED_REF, dns_cname_response, dns_query, run_frames, tcp_payload
+from helpers import EVE_SCHEMAS, dns_cname_response, dns_query, run_frames, tcp_payload
 
 from detector.formats.eve import format_alert, timestamp
 
 jsonschema = pytest.importorskip("jsonschema")
 
-SCHEMAS = ["suricata-eve-schema-7.0.10.json", "suricata-eve-schema-8.0.6.json"]
+SCHEMAS = [p.name for p in EVE_SCHEMAS]
 
 
 def _validator(name: str):
-    path = SHARED_REF / name
-    if not path.exists():
-        pytest.skip(f"{path} not present (shared/ lies beside the checkout)")
+    path = next(p for p in EVE_SCHEMAS if p.name == name)
     schema = json.loads(path.read_text())
     return jsonschema.Draft202012Validator(schema)
 

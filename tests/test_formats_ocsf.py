@@ -1,5 +1,5 @@
 """OCSF Detection Findings, checked by a strict validator built from the OCSF 1.8.0 schema
-sources (``shared/ref/ocsf-schema-1.8.0-json.tar.gz``); golden files; hostile strings.
+sources (``tests/fixtures/ref/ocsf-schema-1.8.0-json.tar.gz``); golden files; hostile strings.
 
 No ready validator fits: on PyPI, ``ocsf-validator`` checks schema repositories (not events),
 ``ocsf-lib`` compiles and compares schemas but does not validate events, ``ocsf-emitter`` and
@@ -37,7 +37,7 @@ from functools import cache
 from typing import Any
 
 import pytest
-from helpers import SHARED_REF
+from helpers import REF
 from test_formats_common import (
     HOSTILE,
     HOSTILE_IDS,
@@ -49,7 +49,7 @@ from test_formats_common import (
 
 from detector.formats.ocsf import OCSF_VERSION, format_alert, to_dict
 
-TARBALL = SHARED_REF / "ocsf-schema-1.8.0-json.tar.gz"
+TARBALL = REF / "ocsf-schema-1.8.0-json.tar.gz"
 _INT_LIMITS = {"integer_t": 2**31, "long_t": 2**63}
 
 
@@ -313,8 +313,6 @@ def _spread(v: Any) -> list:
 
 @cache
 def schema() -> OcsfSchema:
-    if not TARBALL.exists():
-        pytest.skip(f"{TARBALL} not present (shared/ lies beside the checkout)")
     return OcsfSchema.from_tarball(TARBALL)
 
 

@@ -6,7 +6,8 @@ s_server, curl, dig, dnsmasq, nginx, headless Chromium, a stdlib Python TCP/UDP 
 network namespaces, made by pcaps/issue4/make_issue4_captures.sh, which also wrote the
 ground truth pcaps/issue4/expected.json from what it did.  Each capture is replayed with
 the command line, on the libpcap fast path and with --exact, and the set of
-(client, evidence, hostname, evidence_strength) must equal the ground truth exactly.
+(client, evidence, hostname, evidence_strength, server port) must equal the ground truth
+exactly.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PCAPS, SHARED_REF
+from helpers import EVE_SCHEMAS, PCAPS
 
 ISSUE4 = PCAPS / "issue4"
 SCRIPT = ISSUE4 / "make_issue4_captures.sh"
 EXPECTED: dict[str, list[dict[str, str]]] = json.loads((ISSUE4 / "expected.json").read_text())
 FILES = sorted(EXPECTED)
 MODES = ["fast", "exact"]
-SCHEMAS = ["suricata-eve-schema-7.0.10.json", "suricata-eve-schema-8.0.6.json"]
+SCHEMAS = [p.name for p in EVE_SCHEMAS]
 
 C1, C1V6, C2, C3 = "198.18.0.10", "2001:db8::10", "198.18.0.11", "198.18.0.12"
 SRV, SRV_B, SRV6 = "198.18.0.1", "198.18.0.2", "2001:db8::1"
@@ -60,25 +61,28 @@ def meta(rec: dict) -> dict[str, list[str]]:
     return rec["alert"]["metadata"]
 
 
-def row(rec: dict) -> tuple[str, str, str, str]:
+Row = tuple[str, str, str, str, int]
+
+
+def row(rec: dict) -> Row:
     m = meta(rec)
-    return rec["src_ip"], m["evidence"][0], m["hostname"][0], m["evidence_strength"][0]
+    return rec["src_ip"], m["evidence"][0], m["hostname"][0], m["evidence_strength"][0], rec["dest_port"]
 
 
-def rows(recs) -> set[tuple[str, str, str, str]]:
+def rows(recs) -> set[Row]:
     return {row(r) for r in recs}
 
 
-def truth(expected: dict, name: str) -> set[tuple[str, str, str, str]]:
-    return {(c["client"], c["kind"], c["name"], c["strength"]) for c in expected[name]}
+def truth(expected: dict, name: str) -> set[Row]:
+    return {(c["client"], c["kind"], c["name"], c["strength"], c["port"]) for c in expected[name]}
 
 
 def one(recs, **want) -> dict:
-    """The single record whose row fields (src_ip, evidence, hostname) match ``want``."""
+    """The single record whose row fields (src_ip, dest_port, evidence, hostname) match ``want``."""
     found = [
         r
         for r in recs
-        if all((r["src_ip"] if k == "src_ip" else meta(r)[k][0]) == v for k, v in want.items())
+        if all((r[k] if k in ("src_ip", "dest_port") else meta(r)[k][0]) == v for k, v in want.items())
     ]
     assert len(found) == 1, (want, [row(r) for r in recs])
     return found[0]
@@ -90,6 +94,7 @@ def test_ground_truth_lists_every_capture():
         "dns-snaplen.pcap",
         "dns-strength.pcap",
         "ech-grease.pcap",
+        "ech-real.pcap",
         "ip-literal-after-dns.pcap",
         "ksc-ports.pcap",
         "tls12-cert.pcap",
@@ -97,7 +102,7 @@ def test_ground_truth_lists_every_capture():
     for name in FILES:
         assert (ISSUE4 / name).stat().st_size > 0
         for c in EXPECTED[name]:
-            assert set(c) - {"truncated"} == {"client", "name", "kind", "strength"}
+            assert set(c) - {"truncated"} == {"client", "name", "kind", "strength", "port"}
             assert c["strength"] in ("weak", "completed", "strong")
 
 
@@ -200,19 +205,31 @@ def test_ksc_negative_controls(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_ip_literal_flows_after_dns_are_named(mode):
     recs = alerts("ip-literal-after-dns.pcap", mode)
-    rec = one(recs, src_ip=C1, evidence="ip-from-dns", hostname=ACTIVATION)
+    rec = one(recs, src_ip=C1, dest_port=443, evidence="ip-from-dns", hostname=ACTIVATION)
     m = meta(rec)
-    assert (rec["dest_ip"], rec["dest_port"]) == (SRV, 443)
+    assert (rec["dest_ip"], rec["dest_port"], rec["app_proto"]) == (SRV, 443, "tls")
     assert m["resolved_by"] == [f"DNS answer to {C1} for {ACTIVATION}"]
     assert m["evidence_strength"] == ["completed"]
-    # the four connections the script made to 198.18.0.1 with no host name: curl
-    # https://198.18.0.1/ (no SNI), curl http://198.18.0.1/ (Host: 198.18.0.1), a full
-    # s_client handshake and its TLS 1.3 resumption, both -noservername
-    assert m["count"] == ["4"]
+    # the three TLS connections the script made to 198.18.0.1:443 with no host name: curl
+    # https://198.18.0.1/ (no SNI), a full s_client handshake and its TLS 1.3 resumption,
+    # both -noservername
+    assert m["count"] == ["3"]
     rec6 = one(recs, src_ip=C1V6, evidence="ip-from-dns", hostname=ACTIVATION)
     assert (rec6["dest_ip"], rec6["dest_port"]) == (SRV6, 443)
     assert meta(rec6)["resolved_by"] == [f"DNS answer to {C1V6} for {ACTIVATION}"]
     assert meta(rec6)["count"] == ["1"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_plain_http_and_tls_to_a_learned_address_are_two_alerts(mode):
+    """curl http://198.18.0.1/ (port 80, Host: 198.18.0.1) is reported on its own, not
+    folded into the alert of the same client's TLS flows to port 443 (issue 11, point 3)."""
+    recs = [r for r in alerts("ip-literal-after-dns.pcap", mode) if r["src_ip"] == C1 and meta(r)["evidence"] == ["ip-from-dns"]]
+    assert sorted((r["dest_ip"], r["dest_port"], r["app_proto"]) for r in recs) == [(SRV, 80, "http"), (SRV, 443, "tls")]
+    http = one(recs, dest_port=80)
+    assert meta(http)["count"] == ["1"]
+    assert meta(http)["evidence_strength"] == ["completed"]  # nginx answered 200
+    assert meta(http)["resolved_by"] == [f"DNS answer to {C1} for {ACTIVATION}"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -247,7 +264,7 @@ def test_tls12_certificate_names_the_client(mode):
     assert len(recs) == 1
     rec = recs[0]
     m = meta(rec)
-    assert row(rec) == (C1, "tls-certificate", "s05.upd.kaspersky.com", "weak")
+    assert row(rec) == (C1, "tls-certificate", "s05.upd.kaspersky.com", "weak", 4433)
     assert (rec["dest_ip"], rec["dest_port"], rec["app_proto"]) == (SRV, 4433, "tls")
     assert rec["tls"] == {"subject": "CN=s05.upd.kaspersky.com", "version": "TLS 1.2"}
     assert m["cert_names"] == ["s05.upd.kaspersky.com", "www.example.org"]
@@ -264,9 +281,46 @@ def test_chromium_grease_ech_is_marked(mode):
     dns = one(recs, src_ip=C1, evidence="dns-query", hostname="dc1.ksn.kaspersky-labs.com")
     assert "ech" not in meta(dns)
     others = [
-        row(r) for n in FILES if n != "ech-grease.pcap" for r in alerts(n, mode) if "ech" in meta(r)
+        row(r) for n in FILES if not n.startswith("ech-") for r in alerts(n, mode) if "ech" in meta(r)
     ]
     assert others == []  # openssl and curl send no ECH extension
+    # the SNI is the name the client resolved: no ip-from-dns alert repeats it
+    assert [row(r) for r in recs if meta(r)["evidence"] == ["ip-from-dns"]] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_real_ech_reports_the_outer_name_and_the_name_learned_from_dns(mode):
+    """Real ECH (Chromium, its configuration from the HTTPS record of s05.upd.kaspersky.com,
+    public name ksn-url-geo.kaspersky-labs.com): the flow is reported on the outer name,
+    and, since the inner name is hidden, also on the name the client resolved the server's
+    address from just before (issue 11, point 4)."""
+    recs = alerts("ech-real.pcap", mode)
+    outer = one(recs, src_ip=C1, evidence="tls-sni", hostname="ksn-url-geo.kaspersky-labs.com")
+    assert meta(outer)["ech"] == ["true"]
+    assert outer["tls"]["sni"] == "ksn-url-geo.kaspersky-labs.com"
+    learned = one(recs, src_ip=C1, evidence="ip-from-dns", hostname="s05.upd.kaspersky.com")
+    m = meta(learned)
+    assert m["resolved_by"] == [f"DNS answer to {C1} for s05.upd.kaspersky.com"]
+    assert m["ech"] == ["true"]
+    assert (learned["dest_ip"], learned["dest_port"], learned["app_proto"]) == (SRV, 443, "tls")
+    # the same flow (the first ECH ClientHello) and as many flows: the ECH attempts only,
+    # not Chromium's retries without ECH, whose SNI names s05.upd.kaspersky.com itself
+    assert learned["flow_id"] == outer["flow_id"]
+    assert m["count"] == meta(outer)["count"]
+    retry = one(recs, src_ip=C1, evidence="tls-sni", hostname="s05.upd.kaspersky.com")
+    assert retry["flow_id"] != outer["flow_id"]
+
+
+def test_ech_summary_counts_only_flows_named_by_a_learned_address():
+    """The GREASE-ECH flows' SNI is the name the client resolved: the learned address names
+    nothing new, and the summary does not count it as used; the real-ECH flows are."""
+
+    def learned_line(name: str) -> str:
+        r = subprocess.run([*_cli(), "replay", str(ISSUE4 / name)], capture_output=True, text=True, timeout=120)
+        return next(line for line in r.stderr.splitlines() if line.startswith("addresses learned"))
+
+    assert learned_line("ech-grease.pcap") == "addresses learned from Kaspersky DNS answers: learned 1"
+    assert learned_line("ech-real.pcap") == "addresses learned from Kaspersky DNS answers: used 2, learned 1"
 
 
 # -- DNS cut by the snaplen -----------------------------------------------------------------
@@ -307,9 +361,7 @@ def test_dns_cut_by_the_snaplen_is_marked_in_every_format(tmp_path):
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_every_record_validates_against_suricata_schema(schema):
     jsonschema = pytest.importorskip("jsonschema")
-    path = SHARED_REF / schema
-    if not path.exists():
-        pytest.skip(f"{path} not present (shared/ lies beside the checkout)")
+    path = next(p for p in EVE_SCHEMAS if p.name == schema)
     validator = jsonschema.Draft202012Validator(json.loads(path.read_text()))
     n = 0
     for name in FILES:

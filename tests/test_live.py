@@ -55,9 +55,7 @@ def _skip_reason() -> str | None:
 
 
 def _detector_cmd() -> list[str]:
-    """``python -m detector live`` once cli.py registers it; until then the module entry."""
-    r = subprocess.run([PY, "-m", "detector", "live", "--help"], capture_output=True, cwd=REPO)
-    return [PY, "-m", "detector", "live"] if r.returncode == 0 else [PY, "-m", "detector.live"]
+    return [PY, "-m", "detector", "live"]
 
 
 PACK = """pack: kdl-test

@@ -15,9 +15,10 @@ from scapy.all import GRE, ICMP, IP, TCP, UDP, Ether, IPv6, Raw  # type: ignore[
 from scapy.layers.dns import DNS, DNSQR
 
 from detector.capture import live as cap
-from detector.live import LiveDedup, _WorkerProc
+from detector.live.worker import WorkerProc, _wire
 from detector.metrics import CONTENT_TYPE, MetricsServer, Sample, render
 from detector.model import Evidence, Match, Observation, Strength
+from detector.settle import LiveDedup
 from detector.signatures import load_signatures
 
 # -- the kernel filters ---------------------------------------------------------------------
@@ -171,9 +172,9 @@ def test_full_table_writes_the_oldest_pending_never_loses_it() -> None:
 
 def test_matches_travel_without_their_signature() -> None:
     m = _match(1.0)
-    kind, sid, obs, pattern = cap._wire(m)
+    kind, sid, obs, pattern = _wire(m)
     assert (kind, sid, obs, pattern) == ("m", SIG.id, m.observation, m.pattern)
-    assert cap._wire("other")[0] == "x"
+    assert _wire("other")[0] == "x"
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -226,7 +227,7 @@ def test_control_messages_go_through_the_sender_thread() -> None:
     from multiprocessing.connection import Connection
 
     mine, theirs = Connection(a.detach()), Connection(b.detach())
-    w = _WorkerProc(0, 0, mine)
+    w = WorkerProc(0, 0, mine)
     w.start_sender()
     big: Any = ("sigs", 2, b"x" * (1 << 20))  # larger than a socket buffer
     w.outbox.put(big)

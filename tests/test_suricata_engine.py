@@ -40,6 +40,12 @@ ENGINE_LIMITS = {
     "quic/aioquic.pcap": "Suricata 7 logs no SNI for aioquic's Initial (its ClientHello spans CRYPTO frames)",
     "quic/aioquic-v2.pcap": "Suricata 7 does not parse QUIC version 2",
     "hostile/hostile.pcap": "Suricata writes a '.' inside a DNS label and invalid UTF-8 in an SNI ambiguously",
+    "issue4/dns-snaplen.pcap": "Suricata 7 drops DNS messages the snaplen cut (replay reads the names that lie whole)",
+}
+# What EVE records do not carry, so ingest cannot give it: (capture, evidence kind) -> why
+INGEST_LIMITS = {
+    ("issue4/ech-real.pcap", "ip-from-dns"): "Suricata 7's tls record does not say the ClientHello carried ECH, "
+    "so an ECH flow whose outer name matched is not also checked against learned addresses",
 }
 # evidence kinds Suricata 7 has a rule keyword for, as the contact kind compared
 KIND = {"dns-query": "dns", "tls-sni": "tls", "quic-sni": "quic", "http-host": "http", "http-absolute-uri": "http",
@@ -155,7 +161,8 @@ def test_suricata_eve_ingested_matches_replay(eve_logs, cap):
         return out
 
     got = [json.loads(x) for x in detector("ingest", "-q", str(eve_logs[cap])).splitlines()]
-    assert keys(got) == keys(replay_alerts(cap))
+    want = [a for a in replay_alerts(cap) if (cap, meta(a, "evidence")) not in INGEST_LIMITS]
+    assert keys(got) == keys(want)
 
 
 def test_suricata_update_installs_the_source_offline(tmp_path):

@@ -1,6 +1,6 @@
 """Elastic Common Schema 9.x alert documents, one JSON object per line.
 
-Every field name and value type comes from ECS 9.4.0 (``../shared/ref/ecs-9.4.0-flat.yml``,
+Every field name and value type comes from ECS 9.4.0 (``tests/fixtures/ref/ecs-9.4.0-flat.yml``,
 checked field by field in ``tests/test_formats_ecs.py``):
 
 - ``event.kind: alert``, ``event.category: [network, intrusion_detection]`` and

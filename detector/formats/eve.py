@@ -7,9 +7,9 @@ object (its counters as of the packet that produced the match, ``decode/flowcoun
 and the app-layer object as Suricata writes it in an alert (``dns.query: [...]`` for a
 query, ``dns.answer`` for a response, ``tls.sni``/``tls.version``, ``quic``, ``http``).
 It validates against Suricata's published schemas for 7.0.10 and 8.0.6
-(``../shared/ref``).  Everything of ours that Suricata has no field for (count, first/last
-seen, vendor, evidence, the DNS answer records...) lives in ``alert.metadata`` as lists
-of strings, Suricata's own convention for rule metadata.
+(``tests/fixtures/ref/``).  Everything of ours that Suricata has no field for (count,
+first/last seen, vendor, evidence, the DNS answer records...) lives in ``alert.metadata``
+as lists of strings, Suricata's own convention for rule metadata.
 
 Escaping: ``json.dumps`` with ``ensure_ascii=True``: every non-ASCII and control
 character from the wire becomes a ``\\uXXXX`` escape, so a hostile name cannot break the

@@ -1,7 +1,7 @@
 """OCSF 1.8.0 Detection Finding (class_uid 2004), one JSON object per line.
 
 Checked in ``tests/test_formats_ocsf.py`` by a strict validator that reads the OCSF 1.8.0
-schema sources (``shared/ref/ocsf-schema-1.8.0-json.tar.gz``): every attribute exists in
+schema sources (``tests/fixtures/ref/ocsf-schema-1.8.0-json.tar.gz``): every attribute exists in
 its class or object, required ones are present, types, ranges and enums hold, siblings
 (``severity`` for ``severity_id`` ...) carry the enum's caption.
 

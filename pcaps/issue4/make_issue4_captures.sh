@@ -44,6 +44,11 @@
 #                               OPT record, the answer inside its A record) and for k.io,
 #                               a CNAME to kaspersky.com (the CNAME record lies whole in
 #                               the 96 bytes, the A record after it is cut)
+#   ech-real.pcap               headless Chromium to https://s05.upd.kaspersky.com/, whose
+#                               DNS HTTPS record carries an ECH configuration (public name
+#                               ksn-url-geo.kaspersky-labs.com): real ECH, outer SNI = the
+#                               public name; nginx has no ECH, so Chromium then retries
+#                               without it (SNI s05.upd.kaspersky.com)
 #
 # Needs (Debian 12): iproute2 ethtool tcpdump tshark dnsmasq-base nginx-light
 # bind9-dnsutils curl openssl chromium python3 (stdlib only).
@@ -89,11 +94,12 @@ TRUTH=$WORK/truth.tsv
 : >"$CLOG"
 : >"$TRUTH"
 
-# truth <file> <client> <name> <kind> <strength> [truncated]: one Kaspersky contact this
-# script made (kind = the evidence the contact carries; strength = weak: one side only,
+# truth <file> <client> <name> <kind> <strength> <port> [truncated]: one Kaspersky contact
+# this script made (kind = the evidence the contact carries; strength = weak: one side only,
 # completed: the other side answered, strong: a TLS handshake in both directions on a KSC
-# port; truncated: the snaplen cut the message that carries the name)
-truth() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" >>"$TRUTH"; }
+# port; port = the server's port, the alert's dest_port: evidence on different ports is not
+# merged; truncated: the snaplen cut the message that carries the name)
+truth() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "${7:-}" >>"$TRUTH"; }
 
 # ---------------------------------------------------------------------------
 # helper program (stdlib only): a binary-protocol TCP peer, a UDP sender/receiver,
@@ -192,18 +198,18 @@ def udp_send(src, dst, port, n):
 def expected(tsv, out):
     data = {}
     for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
-                 "dns-snaplen.pcap"):
+                 "dns-snaplen.pcap", "ech-real.pcap"):
         data[name] = []
     with open(tsv) as f:
         for line in f:
-            fname, client, hname, kind, strength, cut = line.rstrip("\n").split("\t")
-            row = {"client": client, "name": hname, "kind": kind, "strength": strength}
+            fname, client, hname, kind, strength, port, cut = line.rstrip("\n").split("\t")
+            row = {"client": client, "name": hname, "kind": kind, "strength": strength, "port": int(port)}
             if cut:
                 row["truncated"] = True
             if row not in data[fname]:
                 data[fname].append(row)
     for rows in data.values():
-        rows.sort(key=lambda r: (r["client"], r["kind"], r["name"]))
+        rows.sort(key=lambda r: (r["client"], r["kind"], r["name"], r["port"]))
     with open(out, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -223,6 +229,7 @@ FIELDS = [
     "x509sat.uTF8String", "x509sat.printableString", "x509ce.dNSName",
     "dns.flags.response", "dns.id", "dns.qry.name", "dns.qry.type", "dns.flags.rcode", "dns.count.answers",
     "dns.a", "dns.aaaa", "dns.resp.ttl", "http.request", "http.host", "http.response.code",
+    "dns.svcb.svcparam.echconfig",
 ]
 FAILED = []
 NOTES = []
@@ -300,7 +307,7 @@ def verify(out, work):
     c1, c1v6, c2, c3, s4, s6 = "198.18.0.10", "2001:db8::10", "198.18.0.11", "198.18.0.12", "198.18.0.1", "2001:db8::1"
     files = {}
     for name in ("ksc-ports.pcap", "ip-literal-after-dns.pcap", "tls12-cert.pcap", "dns-strength.pcap", "ech-grease.pcap",
-                 "dns-snaplen.pcap"):
+                 "dns-snaplen.pcap", "ech-real.pcap"):
         files[name] = packets(os.path.join(out, name))
         seen, bad = foreign(files[name])
         check(not bad, "%s: foreign addresses %s" % (name, sorted(bad)))
@@ -413,6 +420,23 @@ def verify(out, work):
     check(not bad, "ech-grease guard capture (any interface): foreign addresses %s" % sorted(bad))
     NOTES.append("chromium guard capture addresses: %s" % sorted(seen))
 
+    # ech-real.pcap: the URL's host is s05.upd.kaspersky.com; a ClientHello whose SNI is the
+    # ECH public name from the HTTPS record can only come from real ECH with that config
+    P = files["ech-real.pcap"]
+    ch = [(p.src(), p.dst(), p.one("tls.handshake.extensions_server_name"), "65037" in p["tls.handshake.extension.type"])
+          for p in P if p.has("tls.handshake.type", 1)]
+    NOTES.append("ech-real ClientHellos (src, dst, sni, has ECH): %s" % ch)
+    check(all(x[:2] == (c1, s4) for x in ch), "ech-real: ClientHellos not all %s -> %s: %s" % (c1, s4, ch))
+    outer = [x for x in ch if x[2] == "ksn-url-geo.kaspersky-labs.com"]
+    check(bool(outer) and all(x[3] for x in outer), "ech-real: want ECH ClientHellos with the public name as SNI: %s" % ch)
+    check(all(x[2] in ("ksn-url-geo.kaspersky-labs.com", "s05.upd.kaspersky.com") for x in ch), "ech-real: other SNI %s" % ch)
+    check(any(p.has("tls.handshake.type", 2) for p in P), "ech-real: no ServerHello")
+    dq = sorted({(p.src(), p.one("dns.qry.name"), p.one("dns.qry.type")) for p in P if p.has("dns.flags.response", 0)})
+    NOTES.append("ech-real DNS queries: %s" % dq)
+    check(bool(dq) and all(x[0] == c1 and x[1] == "s05.upd.kaspersky.com" for x in dq), "ech-real: other DNS queries %s" % dq)
+    check(any(p.has("dns.flags.response", 1) and p["dns.svcb.svcparam.echconfig"] for p in P), "ech-real: no HTTPS answer with ech")
+    check(any(p.has("dns.flags.response", 1) and p.has("dns.a", s4) for p in P), "ech-real: no A answer")
+
     for n in NOTES:
         print("note:", n)
     for f in FAILED:
@@ -421,10 +445,27 @@ def verify(out, work):
     return 1 if FAILED else 0
 
 
+def ech_https_rr(public_name, pubkey_der):
+    """Print the hex RDATA of an HTTPS record (RFC 9460) whose ech parameter holds one
+    ECHConfig (version 0xfe0d): config id 7, DHKEM(X25519), HKDF-SHA256, AES-128-GCM,
+    the X25519 public key (the last 32 bytes of its DER SubjectPublicKeyInfo)."""
+    import struct
+    pub = open(pubkey_der, "rb").read()[-32:]
+    name = public_name.encode()
+    key_config = bytes([7]) + struct.pack("!HH", 0x0020, len(pub)) + pub + struct.pack("!HHH", 4, 1, 1)
+    contents = key_config + bytes([0, len(name)]) + name + struct.pack("!H", 0)
+    config = struct.pack("!HH", 0xFE0D, len(contents)) + contents
+    ech = struct.pack("!H", len(config)) + config
+    alpn = b"\x08http/1.1"
+    rdata = struct.pack("!H", 1) + b"\x00" + struct.pack("!HH", 1, len(alpn)) + alpn + struct.pack("!HH", 5, len(ech)) + ech
+    print(rdata.hex())
+    return 0
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"tcp-server": tcp_server, "tcp-client": tcp_client, "udp-recv": udp_recv, "udp-send": udp_send,
-          "expected": expected, "verify": verify}[cmd]
+          "expected": expected, "verify": verify, "ech-https-rr": ech_https_rr}[cmd]
     sys.exit(fn(*args))
 PY
 
@@ -510,7 +551,13 @@ http {
 }
 EOF
 
+# ech-real.pcap: an HTTPS record for s05.upd.kaspersky.com with an ECH configuration whose
+# public (outer) name is ksn-url-geo.kaspersky-labs.com, for a fresh X25519 key
+openssl genpkey -algorithm X25519 -out "$WORK/ech.key" >>"$CLOG" 2>&1
+openssl pkey -in "$WORK/ech.key" -pubout -outform DER -out "$WORK/ech.pub.der" >>"$CLOG" 2>&1
+ECH_RR=$("$PY" "$WORK/kd4.py" ech-https-rr ksn-url-geo.kaspersky-labs.com "$WORK/ech.pub.der")
 DNS_ARGS=(
+    "--dns-rr=s05.upd.kaspersky.com,65,$ECH_RR"     # type 65: HTTPS
     "--host-record=activation-v2.kaspersky.com,$SRV4,$SRV6,300"
     "--host-record=s05.upd.kaspersky.com,$SRV4,300"
     "--host-record=dc1.ksn.kaspersky-labs.com,$SRV4,300"
@@ -560,16 +607,16 @@ wait_for 10 grep -q ready "$WORK/udprecv.out" || die "UDP receiver did not start
 cap_start $NS_S veth-s "$OUT/$F"
 # TLS 13000: Network Agent -> Administration Server, handshake in both directions
 client $NS_C openssl s_client -connect $SRV4:13000 -brief </dev/null
-truth $F $C1 tcp/13000 ksc-port strong
+truth $F $C1 tcp/13000 ksc-port strong 13000
 # plain TCP 14000: the agent speaks first, the server answers
 client $NS_C "$PY" "$WORK/kd4.py" tcp-client $SRV4 14000
-truth $F $C1 tcp/14000 ksc-port completed
+truth $F $C1 tcp/14000 ksc-port completed 14000
 # UDP 15000: the server (198.18.0.1) sends connection requests to the agent (198.18.0.10)
 client $NS_S "$PY" "$WORK/kd4.py" udp-send $SRV4 $C1 15000 3
-truth $F $SRV4 udp/15000 ksc-port weak
+truth $F $SRV4 udp/15000 ksc-port weak 15000
 # TLS 23150 (Cloud Console range, alerts only when TLS)
 client $NS_C openssl s_client -connect $SRV4:23150 -brief </dev/null
-truth $F $C1 tcp/23150 ksc-port strong
+truth $F $C1 tcp/23150 ksc-port strong 23150
 # NOT Kaspersky: plain TCP on 23151 (in the cloud range but no TLS), TLS on 13001
 client $NS_C "$PY" "$WORK/kd4.py" tcp-client $SRV4 23151
 client $NS_C openssl s_client -connect $SRV4:13001 -brief </dev/null
@@ -584,21 +631,24 @@ log "capture: ip-literal-after-dns.pcap"
 F=ip-literal-after-dns.pcap
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C $DIG @$SRV4 activation-v2.kaspersky.com A
-truth $F $C1 activation-v2.kaspersky.com dns-query completed
-# IP literals: curl sends no SNI for https://198.18.0.1/, and Host: 198.18.0.1
+truth $F $C1 activation-v2.kaspersky.com dns-query completed 53
+# IP literals: curl sends no SNI for https://198.18.0.1/, and Host: 198.18.0.1; the
+# plain-HTTP flow (port 80) and the TLS flows (port 443) are two alerts, not one
 client $NS_C $CURL -4 -k https://$SRV4/
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 443
 client $NS_C $CURL -4 http://$SRV4/
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 80
 # TLS 1.3 resumption without SNI: a ticket from a first full handshake, then a PSK hello
 client $NS_C bash -c "sleep 1 | openssl s_client -connect $SRV4:443 -noservername -sess_out $WORK/sess.pem"
 client $NS_C bash -c "openssl s_client -connect $SRV4:443 -noservername -sess_in $WORK/sess.pem </dev/null | grep -E '^Reused, TLSv1.3'"
-truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C1 activation-v2.kaspersky.com ip-from-dns completed 443
 # an address the name did NOT resolve to: nothing
 client $NS_C $CURL -4 -k https://$SRV4B/
 # the same over IPv6
 client $NS_C $DIG -6 @$SRV6 activation-v2.kaspersky.com AAAA
-truth $F $C1V6 activation-v2.kaspersky.com dns-query completed
+truth $F $C1V6 activation-v2.kaspersky.com dns-query completed 53
 client $NS_C $CURL -6 -g -k "https://[$SRV6]/"
-truth $F $C1V6 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C1V6 activation-v2.kaspersky.com ip-from-dns completed 443
 # a second client that never resolved the Kaspersky name (it resolves www.example.org,
 # which points to the same address) uses the same address: nothing
 client $NS_C2 $DIG @$SRV4 www.example.org A
@@ -607,9 +657,9 @@ client $NS_C2 $CURL -4 http://$SRV4/
 # a third client resolves the name, then speaks a binary protocol (no TLS, no HTTP, no
 # KSC port) to the address it got; the server answers
 client $NS_C3 $DIG @$SRV4 activation-v2.kaspersky.com A
-truth $F $C3 activation-v2.kaspersky.com dns-query completed
+truth $F $C3 activation-v2.kaspersky.com dns-query completed 53
 client $NS_C3 "$PY" "$WORK/kd4.py" tcp-client $SRV4 9400
-truth $F $C3 activation-v2.kaspersky.com ip-from-dns completed
+truth $F $C3 activation-v2.kaspersky.com ip-from-dns completed 9400
 cap_stop
 
 # ---------------------------------------------------------------------------
@@ -619,7 +669,7 @@ log "capture: tls12-cert.pcap"
 F=tls12-cert.pcap
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C openssl s_client -tls1_2 -connect $SRV4:4433 -servername www.example.org -brief </dev/null
-truth $F $C1 s05.upd.kaspersky.com tls-certificate weak
+truth $F $C1 s05.upd.kaspersky.com tls-certificate weak 4433
 # TLS 1.3, same server and certificate: the certificate is encrypted, nothing to see
 client $NS_C openssl s_client -tls1_3 -connect $SRV4:4433 -servername www.example.org -brief </dev/null
 cap_stop
@@ -634,13 +684,13 @@ F=dns-strength.pcap
 ip -n $NS_S rule add to $C1 ipproto udp sport 53 dport 41999 blackhole
 cap_start $NS_S veth-s "$OUT/$F"
 client $NS_C $DIG @$SRV4 -b $C1#41001 s05.upd.kaspersky.com A
-truth $F $C1 s05.upd.kaspersky.com dns-query completed
+truth $F $C1 s05.upd.kaspersky.com dns-query completed 53
 client $NS_C $DIG @$SRV4 -b $C1#41002 nx.upd.kaspersky.com A
-truth $F $C1 nx.upd.kaspersky.com dns-query weak
+truth $F $C1 nx.upd.kaspersky.com dns-query weak 53
 client $NS_C $DIG @$SRV4 -b $C1#41003 ksn-url-geo.kaspersky-labs.com AAAA
-truth $F $C1 ksn-url-geo.kaspersky-labs.com dns-query weak
+truth $F $C1 ksn-url-geo.kaspersky-labs.com dns-query weak 53
 client_rc 9 $NS_C $DIG @$SRV4 -b $C1#41999 dc1.ksn.kaspersky-labs.com A
-truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query weak
+truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query weak 53
 client $NS_C $DIG @$SRV4 -b $C1#41004 www.example.org A
 cap_stop
 ip -n $NS_S rule del to $C1 ipproto udp sport 53 dport 41999 blackhole
@@ -655,11 +705,11 @@ cap_start $NS_S veth-s "$OUT/$F" -s 96
 # the query: header 12 + question 33 bytes whole, its EDNS OPT record (23 bytes with
 # dig's cookie) cut; the answer: the question whole, its A record cut
 client $NS_C $DIG @$SRV4 -b $C1#42001 activation-v2.kaspersky.com A
-truth $F $C1 activation-v2.kaspersky.com dns-query completed truncated
+truth $F $C1 activation-v2.kaspersky.com dns-query completed 53 truncated
 # k.io: question 10 bytes, the CNAME to kaspersky.com 27 bytes (whole, 49 of 54), the
 # A record of kaspersky.com cut; no Kaspersky name in the query
 client $NS_C $DIG @$SRV4 -b $C1#42002 k.io A
-truth $F $C1 kaspersky.com dns-answer completed truncated
+truth $F $C1 kaspersky.com dns-answer completed 53 truncated
 cap_stop
 
 # ---------------------------------------------------------------------------
@@ -679,8 +729,30 @@ cap_stop "$CH_GUARD"
 cap_stop "$CH_CAP"
 [ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"
 grep -q 'kd4 test server' "$CH/dom.html" || die "chromium did not get the page (see $CH/chromium.log)"
-truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query completed
-truth $F $C1 dc1.ksn.kaspersky-labs.com tls-sni completed
+truth $F $C1 dc1.ksn.kaspersky-labs.com dns-query completed 53
+truth $F $C1 dc1.ksn.kaspersky-labs.com tls-sni completed 443
+
+# ---------------------------------------------------------------------------
+# ech-real.pcap (headless Chromium sends real ECH: the HTTPS record above gives it a config)
+# ---------------------------------------------------------------------------
+log "capture: ech-real.pcap (headless Chromium, ECH configuration from DNS)"
+F=ech-real.pcap
+CH=$WORK/chromium-ech
+cap_start $NS_S veth-s "$OUT/$F"
+run_chromium $NS_C "$CH" https://s05.upd.kaspersky.com/ --disable-quic \
+    --disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater \
+    --host-resolver-rules='MAP * ~NOTFOUND, EXCLUDE s05.upd.kaspersky.com' --ignore-certificate-errors
+cap_stop
+[ "$CH_RC" -eq 0 ] || die "chromium exited with $CH_RC (see $CH/chromium.log)"
+grep -q 'kd4 test server' "$CH/dom.html" || die "chromium did not get the page (see $CH/chromium.log)"
+truth $F $C1 s05.upd.kaspersky.com dns-query completed 53
+# the ECH ClientHello: outer SNI = the public name (nginx answers it: it has no ECH) ...
+truth $F $C1 ksn-url-geo.kaspersky-labs.com tls-sni completed 443
+# ... and the name the client resolved the server's address from, for the same flow
+truth $F $C1 s05.upd.kaspersky.com ip-from-dns completed 443
+# nginx rejected ECH (no retry configuration), so Chromium retried without it: SNI = the
+# real name (with a GREASE ECH extension)
+truth $F $C1 s05.upd.kaspersky.com tls-sni completed 443
 
 # ---------------------------------------------------------------------------
 # verify, write expected.json, install
@@ -696,7 +768,7 @@ chmod -R u=rwX,go=rX "$OUT"
 
 mkdir -p "$DEST"
 log "installing into $DEST"
-for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap dns-snaplen.pcap expected.json; do
+for f in ksc-ports.pcap ip-literal-after-dns.pcap tls12-cert.pcap dns-strength.pcap ech-grease.pcap dns-snaplen.pcap ech-real.pcap expected.json; do
     cp "$OUT/$f" "$DEST/$f"
 done
 log "done"

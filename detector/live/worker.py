@@ -1,0 +1,350 @@
+"""Capture workers: the forked processes that read the capture handles and run the
+pipeline, and the controller's handle on each of them.
+
+A worker (``Worker``) runs a ``Detector(collect=True)`` over its handles
+(``capture/live.py`` opened them in the controller):
+
+- one thread per heads handle, blocked in ``loop_filtered`` (libpcap cannot be woken
+  without a packet, so it gets a thread of its own); its callback feeds the Detector;
+- its main thread, which waits (``select``) on the whole handles (non-blocking) and on the
+  control pipe, feeds whole packets, ships matches and counters to the controller, and
+  swaps in new signatures on a reload.
+
+Both feed one Detector under one lock, through ``Worker.feed_batch``.  While the heads
+threads are busy, whole packets are queued (bounded) and fed by the heads callbacks, so
+neither thread starves the other for the GIL; when the heads are idle the main thread
+feeds them itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import signal
+import struct
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .. import bounds
+from ..capture import live as cap
+from ..capture.live import (
+    ADMIT_HEADS,
+    BATCH,
+    CHUNK,
+    CHUNK_SECONDS,
+    MAX_BACKLOG,
+    SHIP_SECONDS,
+    STATS_SECONDS,
+    Handle,
+)
+from ..pipeline import Detector
+from ..signatures import SignatureSet
+
+
+# --- the controller's side -------------------------------------------------------------------
+@dataclass
+class WorkerProc:
+    wid: int
+    pid: int
+    conn: Connection
+    outbox: queue.Queue[Any] = field(default_factory=queue.Queue)
+    ready: bool = False
+    done: bool = False  # said goodbye or its pipe closed
+    gen: int = 1
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def start_sender(self) -> None:
+        """Control messages (a signature set can be large) go through a thread, so the
+        controller never blocks on a full pipe while the worker is sending to it."""
+
+        def run() -> None:
+            while True:
+                msg = self.outbox.get()
+                try:
+                    self.conn.send(msg)
+                except (OSError, ValueError):
+                    return
+                if msg[0] == "stop":
+                    return
+
+        threading.Thread(target=run, daemon=True, name=f"to-worker-{self.wid}").start()
+
+
+def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: SignatureSet,
+                 flow_head: int, parent: int, close_fds: list[Any]) -> None:
+    """The body of a forked worker; never returns."""
+    code = 0
+    try:
+        for s in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(s, signal.SIG_IGN)  # the controller handles these
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        cap.die_with_parent()
+        if os.getppid() != parent:
+            os._exit(1)
+        for c in close_fds:
+            with contextlib.suppress(Exception):
+                c.close()
+        det = Detector(sigs, collect=True)
+        Worker(wid, handles, det, conn, flow_head).run()
+    except BaseException as exc:  # noqa: BLE001 - reported to the controller, then exit
+        code = 1
+        with contextlib.suppress(Exception):
+            conn.send(("fatal", wid, f"worker {wid}: internal error: {type(exc).__name__}: {exc}"))
+            conn.send(("trace", wid, traceback.format_exc()))
+    os._exit(code)
+
+
+
+# --- the worker process ----------------------------------------------------------------------
+class _Rotate(Exception):
+    """Raised from the heads callback to end a classifier call (fresh flow table)."""
+
+
+@dataclass
+class _HeadsState:
+    handle: Handle
+    admitted: int = 0  # totals of the finished classifier calls
+    shed: int = 0
+
+
+@dataclass
+class WorkerCounters:
+    backlog_drops: int = 0  # whole packets dropped because the heads threads lagged
+    callback_errors: int = 0
+    last_error: str = ""
+    whole: int = 0  # whole packets read
+
+
+class Worker:
+    """Runs in a forked worker process: reads its handles, feeds ``det`` (a
+    ``Detector(collect=True)``) and talks to the controller over ``conn``.
+
+    Messages to the controller: ("ready", wid), ("matches", wid, gen, items),
+    ("stats", wid, dict), ("ack", wid, gen), ("fatal", wid, text), ("bye", wid).
+    From the controller: ("sigs", gen, SignatureSet), ("stop",)."""
+
+    def __init__(
+        self,
+        wid: int,
+        handles: Sequence[Handle],
+        det: Any,
+        conn: Any,
+        flow_head: int,
+    ) -> None:
+        self.wid = wid
+        self.heads = [_HeadsState(h) for h in handles if h.role == "heads"]
+        self.whole = [h for h in handles if h.role == "whole"]
+        self.det = det
+        self.conn = conn
+        self.flow_head = flow_head
+        self.lock = threading.Lock()
+        self.backlog: deque[list[tuple[float, int, bytes]]] = deque()
+        self.backlog_pkts = 0
+        self.heads_active = 0.0  # monotonic time of the last heads callback
+        self.counters = WorkerCounters()
+        self.gen = 0
+        self.fatal: str | None = None
+
+    # -- feeding (callers hold self.lock) ---------------------------------------------
+    def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
+        """The per-packet loop: every packet this worker reads, from either handle, goes
+        through here in capture order as (timestamp, link type, frame).  A batch call
+        into a compiled core would replace this loop."""
+        feed = self.det.feed
+        for ts, lt, data in batch:
+            feed(ts, lt, data)
+
+    def _drain(self) -> None:
+        backlog = self.backlog
+        while backlog:
+            batch = backlog.popleft()
+            self.backlog_pkts -= len(batch)
+            self.feed_batch(batch)
+
+    # -- heads threads ----------------------------------------------------------------
+    def _heads_loop(self, st: _HeadsState) -> None:
+        h = st.handle
+        lt = h.linktype
+        feed_batch = self.feed_batch
+        lock = self.lock
+        mono = time.monotonic
+        deadline = [0.0]
+
+        def cb(hdr: Any, data: bytes, _cls: int) -> None:
+            now = mono()
+            self.heads_active = now
+            sec, usec = hdr.getts()
+            with lock:
+                if self.backlog:
+                    self._drain()
+                try:
+                    feed_batch(((sec + usec * 1e-6, lt, data),))
+                except Exception as exc:  # noqa: BLE001 - Detector swallows its own; count ours
+                    self.counters.callback_errors += 1
+                    self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            if now > deadline[0]:
+                raise _Rotate
+
+        while self.fatal is None:
+            deadline[0] = mono() + CHUNK_SECONDS
+            try:
+                h.cap.loop_filtered(CHUNK, cb, ADMIT_HEADS, b"", self.flow_head, l2_offset=h.l2_offset)
+            except _Rotate:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the interface went away, libpcap failed
+                self.fatal = f"{h.iface}: capture failed: {exc}"
+            finally:
+                adm, shed = h.cap.filtered_stats()[:2]
+                st.admitted += adm
+                st.shed += shed
+
+    # -- main thread ------------------------------------------------------------------
+    def _read_whole(self, h: Handle) -> int:
+        """Read what the whole handle holds (non-blocking); feed it or queue it."""
+        n_total = 0
+        lt = h.linktype
+        for _ in range(64):  # at most 64 batches before looking at the pipe again
+            try:
+                pkts, meta = h.cap.next_batch(BATCH)
+            except Exception as exc:  # noqa: BLE001
+                self.fatal = f"{h.iface}: capture failed: {exc}"
+                return n_total
+            if not meta:
+                break
+            batch = [(sec + usec * 1e-6, lt, pkts[off : off + caplen]) for sec, usec, off, caplen in struct.iter_unpack("=IIII", meta)]
+            n = len(batch)
+            n_total += n
+            self.counters.whole += n
+            if time.monotonic() - self.heads_active < 0.2:
+                # The heads threads are busy: they feed these between their own packets.
+                with self.lock:
+                    if self.backlog_pkts + n > MAX_BACKLOG:
+                        self.counters.backlog_drops += n
+                    else:
+                        self.backlog.append(batch)
+                        self.backlog_pkts += n
+            else:
+                with self.lock:
+                    self._drain()
+                    self.feed_batch(batch)
+            if n < BATCH:
+                break
+        return n_total
+
+    def _take(self) -> list[Any]:
+        """The matches collected so far (caller holds the lock)."""
+        items = self.det.collected
+        if items:
+            self.det.collected = []
+        return items
+
+    def _send_matches(self, gen: int, items: list[Any]) -> None:
+        if items:
+            self.conn.send(("matches", self.wid, gen, [_wire(m) for m in items]))
+
+    def _ship(self) -> None:
+        with self.lock:
+            items = self._take()
+        self._send_matches(self.gen, items)
+
+    def stats(self) -> dict[str, Any]:
+        det = self.det
+        st = det.stats
+        admitted = shed = 0
+        for hs in self.heads:
+            live = hs.handle.cap.filtered_stats()
+            admitted += hs.admitted + live[0]
+            shed += hs.shed + live[1]
+        out: dict[str, Any] = {
+            "python_packets": st.packets,
+            "python_bytes": st.bytes,
+            "inspected": st.inspected,
+            "undecodable": sum(st.undecodable.values()),
+            "heads_admitted": admitted,
+            "shed": shed,
+            "whole": self.counters.whole,
+            "backlog": self.backlog_pkts,
+            "backlog_drops": self.counters.backlog_drops,
+            "callback_errors": self.counters.callback_errors,
+            "last_error": self.counters.last_error,
+            "flows": len(det.flows),
+            "flows_evicted": det.flows.evicted,
+            "fragments_evicted": getattr(det.ip, "frag_evicted", 0),
+            "generation": self.gen,
+        }
+        out.update({f"state_{k}": v for k, v in bounds.state(det).items()})  # every bounded table
+        return out
+
+    def _control(self) -> bool:
+        """Handle control messages; False when told to stop."""
+        while self.conn.poll():
+            msg = self.conn.recv()
+            if msg[0] == "stop":
+                return False
+            if msg[0] == "sigs":
+                gen, sigs = msg[1], msg[2]
+                with self.lock:  # between two packets: the swap is atomic for the pipeline
+                    items = self._take()
+                    self.det.set_signatures(sigs)
+                    old, self.gen = self.gen, gen
+                self._send_matches(old, items)
+                self.conn.send(("ack", self.wid, gen))
+        return True
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._heads_loop, args=(st,), daemon=True, name=f"heads-{st.handle.iface}") for st in self.heads]
+        for t in threads:
+            t.start()
+        self.conn.send(("ready", self.wid))
+        fds: list[Any] = [self.conn] + [h.cap.getfd() for h in self.whole]
+        by_fd = {h.cap.getfd(): h for h in self.whole}
+        next_ship = next_stats = 0.0
+        running = True
+        while running:
+            ready, _, _ = select.select(fds, [], [], SHIP_SECONDS)
+            for r in ready:
+                h = by_fd.get(r) if isinstance(r, int) else None
+                if h is not None:
+                    self._read_whole(h)
+            if self.conn in ready:
+                running = self._control()
+            now = time.monotonic()
+            if self.backlog and now - self.heads_active >= 0.2:
+                with self.lock:
+                    self._drain()
+            if now >= next_ship:
+                self._ship()
+                next_ship = now + SHIP_SECONDS
+            if now >= next_stats:
+                self.conn.send(("stats", self.wid, self.stats()))
+                next_stats = now + STATS_SECONDS
+            if self.fatal:
+                self._ship()
+                self.conn.send(("fatal", self.wid, self.fatal))
+                return
+        # Stopping: feed what is queued, ship it, say goodbye.  The heads threads stay
+        # blocked in libpcap; the process ends with os._exit in the caller.
+        with self.lock:
+            self._drain()
+        self._ship()
+        self.conn.send(("stats", self.wid, self.stats()))
+        self.conn.send(("bye", self.wid))
+
+
+def _wire(item: Any) -> Any:
+    """A match travels as (signature id, observation, pattern): the controller holds the
+    same signature set (by generation), so the Signature object is not pickled for every
+    hit.  Anything else (an evidence upgrade) travels as it is."""
+    sig = getattr(item, "signature", None)
+    obs = getattr(item, "observation", None)
+    if sig is not None and obs is not None:
+        return ("m", sig.id, obs, item.pattern)
+    return ("x", item)
