@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,9 @@ from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
 from .outputs import open_outputs
 from .pipeline import Detector
+from .progress import Progress
 from .replay import FileResult
+from .report import command as report_cmd
 from .signatures import DEFAULT_PACK_DIR, SignatureSet, load_signatures, pack_files
 from .summary import RunInfo, render
 
@@ -51,6 +54,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     # Every destination is opened (and every collector reached, unless --spool) before
     # any packet is read: a SinkError here is exit status 2.
+    inventory = None
+    if args.report:  # the inventory consumes the same Alert objects the outputs get
+        report_format = report_cmd.pick_format(args.report_format, args.report)
+        report_cmd.check_writable(args.report)
+        inventory = report_cmd.Inventory(report_cmd.home_net(args.home_net))
     outs = open_outputs(args.output or [], spool_dir=args.spool, ca=args.ca, hostname=args.sensor_name)
     if hasattr(signal, "SIGHUP"):  # logrotate: reopen output files by name
         signal.signal(signal.SIGHUP, lambda *_: outs.reopen())
@@ -59,13 +67,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in problems:
         _err(p)
     start = time.perf_counter()
+    bar = Progress(sys.stderr, sum(_size(f) for f in files), len(files))
 
     def emit(alerts: list) -> None:
         for a in alerts:
             outs.emit(a)
+            if inventory is not None:
+                inventory.add_alert(a)
         run.alerts_written += len(alerts)
 
+    def tick(in_file: int | None, packets: int) -> None:
+        bar.update(bar.bytes_done + (in_file or 0), packets, run.alerts_written)
+
     def done(res: FileResult) -> None:
+        bar.file_done(_size(res.path), det.stats.packets, run.alerts_written)
         if res.error:
             _err(res.error)
             run.files_failed.append(res.error)
@@ -88,7 +103,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 done(res)
         else:
             for path in files:
-                res = replay.scan(det, path, args.exact, args.flow_head, emit)
+                res = replay.scan(det, path, args.exact, args.flow_head, emit, progress=tick if bar.enabled else None)
                 run.state.update(res.state)
                 done(res)
         emit(det.flush())
@@ -96,8 +111,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err("interrupted; writing the alerts found so far")
         emit(det.flush())
     finally:
+        bar.close()
         run.seconds = time.perf_counter() - start
         outs.close(args.output_timeout)  # waits for collectors, spools what is left
+        if inventory is not None:
+            report_cmd.write(inventory, args.report, report_format, list(files))
     if not args.quiet:
         sys.stderr.write(render(det, run))
         sys.stderr.write("".join(line + "\n" for line in outs.summary_lines()))
@@ -107,6 +125,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(f"{outs.undeliverable} alert(s) could be neither delivered nor spooled (see above)")
         return EXIT_UNDELIVERED
     return EXIT_OK
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def cmd_signatures_check(args: argparse.Namespace) -> int:
@@ -174,12 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "client hellos or request heads span more than --flow-head packets")
     r.add_argument("--flow-head", type=int, default=fast.DEFAULT_FLOW_HEAD, metavar="N",
                    help=f"fast path: packets per flow direction handed to the parsers (default {fast.DEFAULT_FLOW_HEAD})")
+    r.add_argument("--report", metavar="FILE",
+                   help="at the end, write the host inventory to FILE (format from the extension: "
+                   ".html, .csv, .json, else a table; - for standard output)")
+    r.add_argument("--report-format", choices=["table", "csv", "json", "html"], help="the --report format, whatever the extension")
+    report_cmd.add_home_net(r)
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
     from . import live  # the span-port mode: capture, workers, reload, stats, metrics
 
     live.add_parser(sub)
+    report_cmd.add_parser(sub)
 
     s = sub.add_parser("signatures", help="check or list signature packs")
     ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")

@@ -144,6 +144,7 @@ class Detector:
         self._dns_cache: dict[bytes, dnsp.DnsMessage] = {}
         self._rk: bytes | None = None
         self._quiet = False  # learn_only(): learn addresses, nothing else
+        self._macs: tuple[str, bytes, bytes] | None = None  # this frame's (src IP, src MAC, dst MAC)
         self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict] | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
@@ -226,6 +227,7 @@ class Detector:
         if depth == 0:
             st.ip_packets += 1
         src, dst, proto, l4 = ip
+        self._macs = (src, data[6:12], data[0:6]) if linktype == 1 else None  # Ethernet: who sent it
         if proto == IPProto.TCP:
             self._tcp(ts, src, dst, l4, vlans)
         elif proto == IPProto.UDP:
@@ -590,6 +592,10 @@ class Detector:
         vlans: tuple[int, ...],
         strength: Strength,
     ) -> Match:
+        if self._macs is not None:  # the client's (and server's) MAC, from this frame's Ethernet header
+            sent_by_client = self._macs[0] == client
+            cmac, smac = self._macs[1:] if sent_by_client else self._macs[:0:-1]
+            detail = {**detail, "client_mac": cmac.hex(":"), "server_mac": smac.hex(":")}
         obs = Observation(
             ts=ts,
             evidence=evidence,

@@ -50,8 +50,9 @@ def open_capture(path: str, exact: bool, flow_head: int, part: tuple[int, int] |
 
 
 def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[list[Alert]], None],
-         part: tuple[int, int] | None = None) -> FileResult:
-    """Feed one file (or one share of it) to ``det``; alerts that become ready go to ``emit``."""
+         part: tuple[int, int] | None = None, progress: Callable[[int | None, int], None] | None = None) -> FileResult:
+    """Feed one file (or one share of it) to ``det``; alerts that become ready go to ``emit``.
+    ``progress(bytes_read_in_file or None, packets)`` is called every few thousand records."""
     res = FileResult(path)
     try:
         cf = open_capture(path, exact, flow_head, part)
@@ -63,7 +64,7 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     try:
         with cf:
             feed = det.feed
-            for ts, linktype, data, wirelen in cf:
+            for ts, linktype, data, wirelen in (cf if progress is None else _ticking(cf, det, progress)):
                 if wirelen == fast.LEARN_ONLY:
                     det.learn_only(ts, linktype, data)
                     continue
@@ -81,6 +82,16 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     res.warning = cf.warning
     res.state = state_counters(det)
     return res
+
+
+def _ticking(cf: CaptureFile | fast.FastCapture, det: Detector, progress: Callable[[int | None, int], None],
+             every: int = 4096) -> Iterator[tuple[float, int, bytes, int]]:
+    """The records of ``cf``, calling ``progress`` every ``every`` of them."""
+    tell = getattr(cf, "tell", None)
+    for n, rec in enumerate(cf, 1):
+        if not n % every:
+            progress(tell() if tell else None, det.stats.packets)
+        yield rec
 
 
 def state_counters(det: Detector) -> Counter[str]:

@@ -90,7 +90,7 @@ def test_hostile_strings_escaped(ua):
     assert all(32 <= c < 127 for c in line[:-1]), "only printable ASCII on the wire"
     rec = json.loads(line)
     assert rec["http"]["http_user_agent"] == ua.replace("\r\n", " ")
-    assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "alert", "http", "pcap_filename", "vlan"}
+    assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto", "alert", "http", "pcap_filename", "vlan", "ether"}
 
 
 def test_timestamp_format():

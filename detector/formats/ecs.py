@@ -215,6 +215,9 @@ def to_dict(alert: Alert) -> dict[str, Any]:
             out["network"]["inner"] = {"vlan": {"id": str(obs.vlan[1])}}
     if names_server(alert):
         out["destination"]["domain"] = obs.hostname
+    for side, key in (("source", "client_mac"), ("destination", "server_mac")):
+        if d.get(key):  # RFC 7042 notation, as ECS asks: 00-00-5E-00-53-23
+            out[side]["mac"] = str(d[key]).upper().replace(":", "-")
     if ev in DNS_KINDS:
         out["dns"], hosts, ips = _dns(obs)
         related_hosts += hosts

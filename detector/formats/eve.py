@@ -108,6 +108,8 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if obs.vlan:
         out["vlan"] = list(obs.vlan)
+    if obs.detail.get("client_mac"):  # src_ip is the client, so src_mac is the client's
+        out["ether"] = {"src_mac": str(obs.detail["client_mac"]), "dest_mac": str(obs.detail.get("server_mac") or "")}
     if alert.source_file:
         out["pcap_filename"] = alert.source_file
     if sensor:
