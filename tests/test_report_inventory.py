@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import PCAPS, REPO
 
 from detector.report import HomeNet, Inventory
 from detector.report import inventory as inv_mod
@@ -18,8 +19,6 @@ from detector.report.contact import from_record
 from detector.report.load import LoadStats, read_contacts
 from detector.report.render import render_csv, render_json, render_table
 from detector.report.view import build
-
-from helpers import PCAPS, REPO
 
 T0 = 1_795_000_000.0  # 2026-11-18
 
