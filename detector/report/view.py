@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .contact import STRENGTH_LABEL
-from .inventory import FAMILY_RANK, WEBSITE, Host, Inventory
+from .inventory import DEFAULT_HOME_NET, FAMILY_RANK, WEBSITE, Host, Inventory
 
 TIMELINE_HOSTS = 25  # hosts drawn in the timeline (the busiest with product traffic)
 TIMELINE_BINS = 60
@@ -96,6 +96,7 @@ def build(inv: Inventory, sources: list[str] | None = None) -> dict[str, Any]:
         "first_seen": when(inv.first),
         "last_seen": when(inv.last),
         "home_net": list(inv.home.cidrs),
+        "home_net_label": "the private and lab ranges (default)" if inv.home.cidrs == DEFAULT_HOME_NET else ", ".join(inv.home.cidrs),
         "generated": when(datetime.now(timezone.utc).timestamp()),
         "sources": list(sources or []),
     }
