@@ -23,8 +23,10 @@ from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
 from .errors import DecodeError
+from .hostnames import HostNames
 from .matcher import Matcher
 from .model import Alert, Evidence, Match, Observation, Strength
+from .parsers import dhcp as dhcpp
 from .parsers import dns as dnsp
 from .parsers import http as httpp
 from .parsers import quic as quicp
@@ -41,6 +43,7 @@ MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
 _TUNNEL_PORT_BYTES = frozenset(p.to_bytes(2, "big") for p in tunnel.TUNNEL_UDP_PORTS)
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
+_DHCP_PORTS = (dhcpp.SERVER_PORT, dhcpp.CLIENT_PORT)
 
 
 @dataclass
@@ -136,6 +139,7 @@ class Detector:
         self.flows = FlowTable(max_flows=self._max_flows, max_stream=self._max_stream)
         self._txns: OrderedDict[tuple[str, int, str, int, int], None] = OrderedDict()
         self.learned = LearnedNames()
+        self.hostnames = HostNames()  # internal hosts' names from DHCP and DNS PTR answers
         self.awaiting = Awaiting()
         self.quic = quicp.QuicTracker()
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
@@ -241,6 +245,8 @@ class Detector:
             elif sport == DNS_PORT or dport == DNS_PORT:
                 st.inspected += 1
                 self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans)
+            elif sport in _DHCP_PORTS and dport in _DHCP_PORTS:
+                self.hostnames.dhcp(dhcpp.parse(payload))  # DecodeError: feed() counts it
             elif quicp.looks_like_quic_initial(payload):
                 st.inspected += 1
                 self._quic(ts, src, sport, dst, dport, payload, vlans)
@@ -498,6 +504,8 @@ class Detector:
         for a in anchors:
             if a in low:
                 return False
+        if b"\x04arpa\x00" in low:  # a reverse lookup may name an internal host (hostnames.py)
+            return False
         self.stats.dns_prefiltered += 1
         return True
 
@@ -514,6 +522,9 @@ class Detector:
                 self._observe(ts, Evidence.DNS_QUERY, qname, src, sport, dst, dport, proto, detail, vlans)
             return
         # A response: the client is the destination.
+        for a in msg.answers:
+            if a.rrtype == "PTR" and a.target:
+                self.hostnames.ptr(a.rrname, a.target)
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
         answered = msg.rcode == "NOERROR" and bool(msg.answers)
         if answered:
@@ -596,6 +607,9 @@ class Detector:
             sent_by_client = self._macs[0] == client
             cmac, smac = self._macs[1:] if sent_by_client else self._macs[:0:-1]
             detail = {**detail, "client_mac": cmac.hex(":"), "server_mac": smac.hex(":")}
+        named = self.hostnames.lookup(client)
+        if named is not None:
+            detail = {**detail, "client_name": named[0], "client_name_source": named[1]}
         obs = Observation(
             ts=ts,
             evidence=evidence,

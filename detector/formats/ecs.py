@@ -215,6 +215,8 @@ def to_dict(alert: Alert) -> dict[str, Any]:
             out["network"]["inner"] = {"vlan": {"id": str(obs.vlan[1])}}
     if names_server(alert):
         out["destination"]["domain"] = obs.hostname
+    if d.get("client_name"):  # the client's name, from DHCP or a DNS PTR answer
+        out["source"]["domain"] = str(d["client_name"])
     for side, key in (("source", "client_mac"), ("destination", "server_mac")):
         if d.get(key):  # RFC 7042 notation, as ECS asks: 00-00-5E-00-53-23
             out[side]["mac"] = str(d[key]).upper().replace(":", "-")
@@ -259,6 +261,7 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         "ksc_server": str(d.get("ksc_server") or "") if is_port else "",
         "quic_version": str(d.get("version") or "") if ev == Evidence.QUIC_SNI else "",
         "ech": "true" if d.get("ech") else "",
+        "client_hostname_source": str(d.get("client_name_source") or "") if d.get("client_name") else "",
     }
     if sig.source_urls != tuple(urls[:1]):
         labels["source_urls"] = LIST_SEPARATOR.join(sig.source_urls)

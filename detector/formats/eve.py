@@ -89,6 +89,9 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if sig.source_urls:
         meta["source_url"] = list(sig.source_urls)
+    if obs.detail.get("client_name"):  # the client's own name, from DHCP or a DNS PTR answer
+        meta["client_hostname"] = [str(obs.detail["client_name"])]
+        meta["client_hostname_source"] = [str(obs.detail.get("client_name_source") or "")]
     for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence"):
         val = obs.detail.get(key)
         if val:

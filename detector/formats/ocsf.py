@@ -100,6 +100,8 @@ def _device(alert: Alert) -> dict[str, Any]:
     dev: dict[str, Any] = {"ip": alert.observation.client, "type_id": DEVICE_TYPE_ID, "type": DEVICE_TYPE}
     if d.get("client_mac"):
         dev["mac"] = str(d["client_mac"])
+    if d.get("client_name"):  # from DHCP or a DNS PTR answer
+        dev["hostname"] = str(d["client_name"])
     return dev
 
 
@@ -246,6 +248,8 @@ def to_dict(alert: Alert) -> dict[str, Any]:
     }
     if obs.vlan:
         unmapped["vlan"] = list(obs.vlan)
+    if obs.detail.get("client_name"):
+        unmapped["client_hostname_source"] = str(obs.detail.get("client_name_source") or "")
     if alert.source_file:
         unmapped["pcap_filename"] = alert.source_file
     return {
