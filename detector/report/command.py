@@ -49,15 +49,16 @@ def write(inv: Inventory, path: str | None, fmt: str, sources: list[str], stream
     if path in (None, "-"):
         out = stream or sys.stdout
         colour = fmt == "table" and out.isatty() and "NO_COLOR" not in os.environ
-        out.write(RENDERERS[fmt](view, colour=colour))
+        for piece in RENDERERS[fmt](view, colour=colour):
+            out.write(piece)
         out.flush()
         return
     assert path is not None
-    text = RENDERERS[fmt](view)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+            for piece in RENDERERS[fmt](view):
+                fh.write(piece)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

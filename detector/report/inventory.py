@@ -81,23 +81,47 @@ def _kind(product: str) -> str | None:
     return None
 
 
-def classify(c: Contact, host: str) -> tuple[str, str]:
-    """The product family this contact points to for ``host``, and why."""
+@functools.lru_cache(maxsize=4096)
+def _products_family(products: tuple[str, ...]) -> str | None:
+    """MAIL, BUSINESS or CONSUMER when every product of the signature is of that kind."""
+    kinds = {_kind(p) for p in products}
+    if len(kinds) == 1 and None not in kinds:
+        return kinds.pop()
+    return None
+
+
+def family(c: Contact, host: str) -> str:
+    """The product family this contact points to for ``host``."""
     if c.evidence == "ksc-port":
-        if host == c.ksc_server and host != c.agent:
-            return SERVER, f"Security Center server: Network Agent {c.agent or c.client} uses port {c.endpoint} ({c.signature})"
-        return AGENT, f"Security Center agent: management port {c.endpoint} to {c.ksc_server or c.server}"
+        return SERVER if host == c.ksc_server and host != c.agent else AGENT
     if not c.product_only:
-        return WEBSITE, f"website only: {c.endpoint} ({c.category})"
+        return WEBSITE
     if c.category == "management":
-        return AGENT, f"Security Center agent: management traffic to {c.endpoint}"
-    kinds = {_kind(p) for p in c.products}
-    named = kinds - {None}
-    if len(named) == 1 and None not in kinds:
-        fam = named.pop()
-        what = {MAIL: "mail/gateway engine", BUSINESS: "business endpoint", CONSUMER: "consumer product"}[fam]  # type: ignore[index]
-        return fam, f"{what}: {c.category} traffic to {c.endpoint} ({'; '.join(c.products)})"  # type: ignore[return-value]
-    return PRODUCT, f"{c.category} traffic to {c.endpoint} (signature names {'; '.join(c.products) or 'no product'})"
+        return AGENT
+    return _products_family(c.products) or PRODUCT
+
+
+_WHAT = {MAIL: "mail/gateway engine", BUSINESS: "business endpoint", CONSUMER: "consumer product"}
+
+
+def reason(c: Contact, fam: str) -> str:
+    """Why ``c`` points to ``fam`` (shown beside the family)."""
+    if fam == SERVER:
+        return f"Security Center server: Network Agent {c.agent or c.client} uses port {c.endpoint} ({c.signature})"
+    if fam == AGENT and c.evidence == "ksc-port":
+        return f"Security Center agent: management port {c.endpoint} to {c.ksc_server or c.server}"
+    if fam == AGENT:
+        return f"Security Center agent: management traffic to {c.endpoint}"
+    if fam == WEBSITE:
+        return f"website only: {c.endpoint} ({c.category})"
+    if fam in _WHAT:
+        return f"{_WHAT[fam]}: {c.category} traffic to {c.endpoint} ({'; '.join(c.products)})"
+    return f"{c.category} traffic to {c.endpoint} (signature names {'; '.join(c.products) or 'no product'})"
+
+
+def classify(c: Contact, host: str) -> tuple[str, str]:
+    fam = family(c, host)
+    return fam, reason(c, fam)
 
 
 @dataclass(slots=True)
@@ -122,6 +146,7 @@ class Host:
     endpoints_more: int = 0
     rows: list[Contact] = field(default_factory=list)
     rows_more: int = 0
+    rows_floor: tuple[int, bool] = (0, False)  # the weakest kept row, once the rows are full
     width: float = FIRST_BUCKET
     buckets: dict[int, int] = field(default_factory=dict)  # floor(ts / width) -> contacts
 
@@ -262,19 +287,25 @@ class Inventory:
             h.strongest_rank = rank
             h.strength = c.strength
             h.strongest = f"{STRENGTH_LABEL.get(c.strength, 'weak')}: {c.evidence} {c.endpoint}"
-        fam, reason = classify(c, ip)
-        if fam not in h.families and len(h.families) < len(FAMILY_RANK):
-            h.families[fam] = reason
-        if FAMILY_RANK[fam] > FAMILY_RANK[h.family] or not h.reason:
-            h.family, h.reason = fam, reason
-        if len(h.rows) < MAX_ROWS:
-            h.rows.append(c)
+        fam = family(c, ip)
+        new, better = fam not in h.families, FAMILY_RANK[fam] > FAMILY_RANK[h.family] or not h.reason
+        if new or better:
+            why = reason(c, fam)
+            if new:
+                h.families[fam] = why
+            if better:
+                h.family, h.reason = fam, why
+        rows = h.rows
+        if len(rows) < MAX_ROWS:
+            rows.append(c)
+            if len(rows) == MAX_ROWS:
+                h.rows_floor = min((r.strength, r.product_only) for r in rows)
         else:
             h.rows_more += 1
-            weakest = min(range(len(h.rows)), key=lambda i: (h.rows[i].strength, h.rows[i].product_only))
-            w = h.rows[weakest]
-            if (c.strength, c.product_only) > (w.strength, w.product_only):
-                h.rows[weakest] = c
+            if rank > h.rows_floor:  # replace the weakest row with a stronger one
+                weakest = min(range(len(rows)), key=lambda i: (rows[i].strength, rows[i].product_only))
+                rows[weakest] = c
+                h.rows_floor = min((r.strength, r.product_only) for r in rows)
         self._timeline(h, c)
 
     @staticmethod

@@ -1,5 +1,7 @@
 """Inventory view -> text: ``table`` (terminal), ``csv`` (spreadsheets), ``json`` (tickets),
-``html`` (``html.py``).  ``RENDERERS`` is the registry.  Pure: returns a string.
+``html`` (``html.py``).  ``RENDERERS`` is the registry: each yields the text in pieces, one
+host at a time, so a large inventory is written without building it whole in memory
+(``render_*`` join them, for small reports and tests).  Pure.
 
 Escaping, per format, for strings that came from the wire (names, endpoints, MACs):
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..formats.common import VISIBLE, no_surrogates
@@ -41,46 +43,39 @@ def _cats(d: dict[str, int]) -> str:
 TABLE_COLUMNS = ("host", "MAC", "name", "family", "evidence", "categories", "first seen", "last seen", "status", "alerts")
 
 
-def _table_rows(hosts: list[dict[str, Any]]) -> list[list[str]]:
-    return [
-        [
-            h["ip"], h["mac"] or "-", h["names"] or "-", h["family"], h["strength"], _cats(h["categories"]),
-            h["first_seen"], h["last_seen"], "active" if h["status"] == "active" else "quiet", str(h["alerts"]),
-        ]
-        for h in hosts
-    ]
+def _table_row(h: dict[str, Any]) -> list[str]:
+    row = [
+        h["ip"], h["mac"] or "-", h["names"] or "-", h["family"], h["strength"], _cats(h["categories"]),
+        h["first_seen"], h["last_seen"], "active" if h["status"] == "active" else "quiet", str(h["alerts"]),
+    ]  # fmt: skip
+    return [_cut(clean(c)) for c in row]
 
 
-def _grid(rows: list[list[str]], colour: bool, hl: str) -> list[str]:
-    rows = [[_cut(clean(c)) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in [list(TABLE_COLUMNS), *rows]) for i in range(len(TABLE_COLUMNS))]
+def _grid(hosts: Iterable[dict[str, Any]], colour: bool, hl: str) -> Iterator[str]:
+    widths = [len(c) for c in TABLE_COLUMNS]
+    for h in hosts:  # first pass: column widths
+        widths = [max(w, len(v)) for w, v in zip(widths, _table_row(h), strict=True)]
     c = COLOURS if colour else dict.fromkeys(COLOURS, "")
-    out = [c["head"] + "  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths, strict=True)).rstrip() + c["reset"]]
-    for r in rows:
-        cells = [v.ljust(w) for v, w in zip(r, widths, strict=True)]
+    yield c["head"] + "  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths, strict=True)).rstrip() + c["reset"] + "\n"
+    for h in hosts:
+        cells = [v.ljust(w) for v, w in zip(_table_row(h), widths, strict=True)]
         cells[3] = c[hl] + cells[3] + c["reset"]
-        out.append("  ".join(cells).rstrip())
-    return out
+        yield "  ".join(cells).rstrip() + "\n"
 
 
-def render_table(view: dict[str, Any], colour: bool = False) -> str:
-    s = view["summary"]
-    lines = [clean(s["line"]), ""]
-    if view["hosts"]:
-        lines.append("Hosts with Kaspersky product traffic:")
-        lines += _grid(_table_rows(view["hosts"]), colour, "family")
-        lines.append("")
-        lines.append("Why (product family):")
+def iter_table(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
+    yield clean(view["summary"]["line"]) + "\n"
+    if len(view["hosts"]):
+        yield "\nHosts with Kaspersky product traffic:\n"
+        yield from _grid(view["hosts"], colour, "family")
+        yield "\nWhy (product family):\n"
         for h in view["hosts"]:
-            lines.append(f"  {clean(h['ip'])}: {clean(h['reason'])}")
-        lines.append("")
-    if view["website_hosts"]:
-        lines.append("Hosts that only visited Kaspersky websites (no product traffic):")
-        lines += _grid(_table_rows(view["website_hosts"]), colour, "website")
-        lines.append("")
-    if not view["hosts"] and not view["website_hosts"]:
-        lines.append("No internal host shows Kaspersky traffic.")
-    return "\n".join(lines).rstrip("\n") + "\n"
+            yield f"  {clean(h['ip'])}: {clean(h['reason'])}\n"
+    if len(view["website_hosts"]):
+        yield "\nHosts that only visited Kaspersky websites (no product traffic):\n"
+        yield from _grid(view["website_hosts"], colour, "website")
+    if not len(view["hosts"]) and not len(view["website_hosts"]):
+        yield "\nNo internal host shows Kaspersky traffic.\n"
 
 
 CSV_COLUMNS = (
@@ -94,33 +89,66 @@ def _csv_cell(v: object) -> str:
     return "'" + s if s.startswith(FORMULA_START) else s
 
 
-def render_csv(view: dict[str, Any], colour: bool = False) -> str:
+def iter_csv(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
-    for h in view["hosts"] + view["website_hosts"]:
-        w.writerow([_csv_cell(v) for v in (
-            h["ip"], h["mac"], h["names"], "no" if h["website_only"] else "yes", h["family"], h["reason"],
-            h["strength"], h["strongest"], h["first_seen"], h["last_seen"], h["status"], h["alerts"], h["contacts"],
-            _cats(h["categories"]), _cats(h["evidence"]), _cats(h["endpoints"]),
-        )])  # fmt: skip
-    return buf.getvalue()
+    for hosts in (view["hosts"], view["website_hosts"]):
+        for h in hosts:
+            w.writerow([_csv_cell(v) for v in (
+                h["ip"], h["mac"], h["names"], "no" if h["website_only"] else "yes", h["family"], h["reason"],
+                h["strength"], h["strongest"], h["first_seen"], h["last_seen"], h["status"], h["alerts"],
+                h["contacts"], _cats(h["categories"]), _cats(h["evidence"]), _cats(h["endpoints"]),
+            )])  # fmt: skip
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(no_surrogates(value), ensure_ascii=True)
+
+
+def iter_json(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
+    """One JSON document: summary, breakdown, timeline, then one host per line."""
+    yield "{"
+    for key in ("summary", "breakdown", "timeline"):
+        yield f'"{key}": {_json(view[key])},\n'
+    for i, key in enumerate(("hosts", "website_hosts")):
+        yield f'"{key}": ['
+        for n, h in enumerate(view[key]):
+            yield (",\n" if n else "\n") + _json(h)
+        yield "]" + (",\n" if i == 0 else "")
+    yield "}\n"
+
+
+def iter_html(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
+    from .html import generate
+
+    return generate(view)
+
+
+RENDERERS: dict[str, Callable[..., Iterator[str]]] = {
+    "table": iter_table,
+    "csv": iter_csv,
+    "json": iter_json,
+    "html": iter_html,
+}
+EXTENSIONS = {".html": "html", ".htm": "html", ".csv": "csv", ".json": "json", ".txt": "table"}
+
+
+def render(fmt: str, view: dict[str, Any], colour: bool = False) -> str:
+    return "".join(RENDERERS[fmt](view, colour))
+
+
+def render_table(view: dict[str, Any], colour: bool = False) -> str:
+    return render("table", view, colour)
+
+
+def render_csv(view: dict[str, Any], colour: bool = False) -> str:
+    return render("csv", view)
 
 
 def render_json(view: dict[str, Any], colour: bool = False) -> str:
-    return json.dumps(no_surrogates(view), ensure_ascii=True, indent=1) + "\n"
-
-
-def render_html(view: dict[str, Any], colour: bool = False) -> str:
-    from .html import render
-
-    return render(view)
-
-
-RENDERERS: dict[str, Callable[..., str]] = {
-    "table": render_table,
-    "csv": render_csv,
-    "json": render_json,
-    "html": render_html,
-}
-EXTENSIONS = {".html": "html", ".htm": "html", ".csv": "csv", ".json": "json", ".txt": "table"}
+    return render("json", view)

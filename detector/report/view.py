@@ -4,6 +4,7 @@ summary, hosts, breakdown by category and evidence strength, timeline.  Pure."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -72,6 +73,27 @@ def host_view(inv: Inventory, h: Host) -> dict[str, Any]:
     }
 
 
+class HostList:
+    """The host views of a list of hosts, made one at a time as they are iterated (a
+    100,000-host report is never all in memory as dicts and strings); iterable again."""
+
+    def __init__(self, inv: Inventory, hosts: list[Host], limit: int | None = None) -> None:
+        self.inv, self.hosts, self.limit = inv, hosts, limit
+
+    def __len__(self) -> int:
+        return len(self.hosts) if self.limit is None else min(self.limit, len(self.hosts))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for h in self.hosts[: self.limit]:
+            yield host_view(self.inv, h)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return host_view(self.inv, self.hosts[: self.limit][i])
+
+    def head(self, n: int) -> HostList:
+        return HostList(self.inv, self.hosts, n if self.limit is None else min(n, self.limit))
+
+
 def build(inv: Inventory, sources: list[str] | None = None) -> dict[str, Any]:
     hosts = inv.hosts()
     product = [h for h in hosts if not h.website_only]
@@ -103,8 +125,8 @@ def build(inv: Inventory, sources: list[str] | None = None) -> dict[str, Any]:
     summary["line"] = summary_line(summary)
     return {
         "summary": summary,
-        "hosts": [host_view(inv, h) for h in product],
-        "website_hosts": [host_view(inv, h) for h in website],
+        "hosts": HostList(inv, product),
+        "website_hosts": HostList(inv, website),
         "breakdown": {
             "categories": [{"category": k, "contacts": v, "hosts": cat_hosts[k]} for k, v in cats.most_common()],
             "strength": [{"strength": s, "hosts": strength_hosts.get(s, 0)} for s in ("strong", "completed", "weak")],
