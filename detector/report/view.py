@@ -3,6 +3,7 @@ summary, hosts, breakdown by category and evidence strength, timeline.  Pure."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -16,9 +17,10 @@ TIMELINE_BINS = 60
 
 
 def when(ts: float | None) -> str:
+    """UTC, to the second (time.gmtime: several times faster than datetime.strftime)."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "{:04d}-{:02d}-{:02d} {:02d}:{:02d}:{:02d}".format(*time.gmtime(ts)[:6])
 
 
 def _mac(inv: Inventory, h: Host) -> str:
