@@ -275,3 +275,17 @@ def test_report_cli_errors(tmp_path):
     assert r.returncode == 2 and "does not exist or is not writable" in r.stderr and r.stdout == ""
     r = run("report", "-f", "table", str(tmp_path / "nope.json"))
     assert "\x1b[" not in r.stdout, "no colour when standard output is not a terminal"
+
+
+def test_html_page_caps_its_tables_and_says_so(monkeypatch):
+    from detector.report import html
+
+    monkeypatch.setattr(html, "MAX_TABLE_HOSTS", 3)
+    monkeypatch.setattr(html, "MAX_EVIDENCE_HOSTS", 2)
+    inv = inventory([eve(f"10.0.0.{i}", "activation-v2.kaspersky.com", count=i) for i in range(1, 8)])
+    page = html.render(build(inv))
+    assert page.count('<td class="wire host-ip mono">') == 3
+    assert page.count("<details") == 2
+    assert "4 more host(s) not shown on this page" in page
+    assert "Evidence of 1 more host(s)" in page
+    assert ">10.0.0.7</a>" in page and ">10.0.0.4</a>" not in page, "the busiest hosts are shown"

@@ -51,6 +51,11 @@ def _table_row(h: dict[str, Any]) -> list[str]:
     return [_cut(clean(c)) for c in row]
 
 
+def _light(hosts: Any) -> Any:
+    """Hosts without evidence rows when the list can leave them out (table and CSV)."""
+    return hosts.light() if hasattr(hosts, "light") else hosts
+
+
 def _grid(hosts: Iterable[dict[str, Any]], colour: bool, hl: str) -> Iterator[str]:
     widths = [len(c) for c in TABLE_COLUMNS]
     for h in hosts:  # first pass: column widths
@@ -67,13 +72,13 @@ def iter_table(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
     yield clean(view["summary"]["line"]) + "\n"
     if len(view["hosts"]):
         yield "\nHosts with Kaspersky product traffic:\n"
-        yield from _grid(view["hosts"], colour, "family")
+        yield from _grid(_light(view["hosts"]), colour, "family")
         yield "\nWhy (product family):\n"
         for h in view["hosts"]:
             yield f"  {clean(h['ip'])}: {clean(h['reason'])}\n"
     if len(view["website_hosts"]):
         yield "\nHosts that only visited Kaspersky websites (no product traffic):\n"
-        yield from _grid(view["website_hosts"], colour, "website")
+        yield from _grid(_light(view["website_hosts"]), colour, "website")
     if not len(view["hosts"]) and not len(view["website_hosts"]):
         yield "\nNo internal host shows Kaspersky traffic.\n"
 
@@ -94,7 +99,7 @@ def iter_csv(view: dict[str, Any], colour: bool = False) -> Iterator[str]:
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for hosts in (view["hosts"], view["website_hosts"]):
-        for h in hosts:
+        for h in _light(hosts):
             w.writerow([_csv_cell(v) for v in (
                 h["ip"], h["mac"], h["names"], "no" if h["website_only"] else "yes", h["family"], h["reason"],
                 h["strength"], h["strongest"], h["first_seen"], h["last_seen"], h["status"], h["alerts"],

@@ -32,7 +32,8 @@ def _mac(inv: Inventory, h: Host) -> str:
     return ", ".join(shown)
 
 
-def host_view(inv: Inventory, h: Host) -> dict[str, Any]:
+def host_view(inv: Inventory, h: Host, rows: bool = True) -> dict[str, Any]:
+    """One host as plain data; ``rows=False`` leaves out the evidence rows (table, CSV)."""
     return {
         "ip": h.ip,
         "mac": _mac(inv, h),
@@ -69,7 +70,7 @@ def host_view(inv: Inventory, h: Host) -> dict[str, Any]:
                 "signature": r.signature,
                 "source_file": r.source_file,
             }
-            for r in sorted(h.rows, key=lambda r: r.first)
+            for r in (sorted(h.rows, key=lambda r: r.first) if rows else ())
         ],
         "rows_more": h.rows_more,
     }
@@ -79,21 +80,25 @@ class HostList:
     """The host views of a list of hosts, made one at a time as they are iterated (a
     100,000-host report is never all in memory as dicts and strings); iterable again."""
 
-    def __init__(self, inv: Inventory, hosts: list[Host], limit: int | None = None) -> None:
-        self.inv, self.hosts, self.limit = inv, hosts, limit
+    def __init__(self, inv: Inventory, hosts: list[Host], limit: int | None = None, rows: bool = True) -> None:
+        self.inv, self.hosts, self.limit, self.rows = inv, hosts, limit, rows
 
     def __len__(self) -> int:
         return len(self.hosts) if self.limit is None else min(self.limit, len(self.hosts))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for h in self.hosts[: self.limit]:
-            yield host_view(self.inv, h)
+            yield host_view(self.inv, h, self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return host_view(self.inv, self.hosts[: self.limit][i])
+        return host_view(self.inv, self.hosts[: self.limit][i], self.rows)
 
     def head(self, n: int) -> HostList:
-        return HostList(self.inv, self.hosts, n if self.limit is None else min(n, self.limit))
+        return HostList(self.inv, self.hosts, n if self.limit is None else min(n, self.limit), self.rows)
+
+    def light(self) -> HostList:
+        """The same hosts without their evidence rows."""
+        return HostList(self.inv, self.hosts, self.limit, rows=False)
 
 
 def build(inv: Inventory, sources: list[str] | None = None) -> dict[str, Any]:
