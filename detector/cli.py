@@ -67,7 +67,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in problems:
         _err(p)
     start = time.perf_counter()
-    bar = Progress(sys.stderr, sum(_size(f) for f in files), len(files))
+    bar = Progress(sys.stderr, sum(_size(f) for f in files), len(files), enabled=False if args.quiet else None)
 
     def emit(alerts: list) -> None:
         for a in alerts:
