@@ -183,8 +183,23 @@ def test_bounded_per_host_and_in_hosts():
     assert len(h.rows) == inv_mod.MAX_ROWS and h.rows_more == 501 - inv_mod.MAX_ROWS
     assert any(r.evidence == "ksc-port" for r in h.rows), "the strongest evidence is kept among the rows"
     assert len(h.endpoints) == inv_mod.MAX_ENDPOINTS and h.endpoints_more == 501 - inv_mod.MAX_ENDPOINTS
-    assert len(h.buckets) <= inv_mod.MAX_BUCKETS
-    assert sum(n for _, _, n in h.timeline()) == 501
+    assert len(h.buckets) == inv_mod.MAX_BUCKETS
+    tl = h.timeline()
+    assert sum(n for _, _, n in tl) == 501
+    assert tl[0][0] <= T0 + 7 < tl[0][1] and tl[-1][0] <= T0 + 499 * 3600 < tl[-1][1]
+    assert all(a[1] <= b[0] for a, b in zip(tl, tl[1:], strict=False))
+
+
+def test_timeline_takes_contacts_in_any_order():
+    import random
+
+    times = [T0 + i * 977.0 for i in range(400)]
+    random.Random(3).shuffle(times)
+    h = by_ip(inventory([eve("10.0.0.5", "a.upd.kaspersky.com", t=t, category="update", count=2) for t in times]))["10.0.0.5"]
+    tl = h.timeline()
+    assert sum(n for _, _, n in tl) == 800
+    for t in times:
+        assert any(lo <= t < hi for lo, hi, _ in tl), t
     inv = inventory([eve(f"10.0.{i // 250}.{i % 250}", "activation-v2.kaspersky.com") for i in range(1000)], max_hosts=100)
     assert len(inv) == 100 and inv.counters.hosts_dropped == 900
     assert "900 host(s) beyond the inventory's cap NOT LISTED" in build(inv)["summary"]["line"]

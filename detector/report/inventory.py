@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -148,7 +149,8 @@ class Host:
     rows_more: int = 0
     rows_floor: tuple[int, bool] = (0, False)  # the weakest kept row, once the rows are full
     width: float = FIRST_BUCKET
-    buckets: dict[int, int] = field(default_factory=dict)  # floor(ts / width) -> contacts
+    base: int = 0  # bucket number (floor(ts / width)) of buckets[0]
+    buckets: array | None = None  # contacts per bucket, MAX_BUCKETS of them (a few hundred bytes)
 
     @property
     def website_only(self) -> bool:
@@ -159,9 +161,9 @@ class Host:
         return STRENGTH_LABEL.get(self.strength, "weak")
 
     def timeline(self) -> list[tuple[float, float, int]]:
-        """(start, end, contacts) per bucket, in time order."""
-        w = self.width
-        return [(k * w, (k + 1) * w, n) for k, n in sorted(self.buckets.items())]
+        """(start, end, contacts) per non-empty bucket, in time order."""
+        w, b = self.width, self.base
+        return [((b + i) * w, (b + i + 1) * w, n) for i, n in enumerate(self.buckets or ()) if n]
 
 
 def _bump(d: dict[str, int], key: str, n: int, cap: int) -> bool:
@@ -310,15 +312,30 @@ class Inventory:
 
     @staticmethod
     def _timeline(h: Host, c: Contact) -> None:
-        b = h.buckets
+        """Count ``c`` in its bucket; when it falls outside the MAX_BUCKETS the host has,
+        shift them (an earlier contact) or make every bucket twice as wide."""
         k = int(c.first // h.width)
-        b[k] = b.get(k, 0) + c.count
-        while len(b) > MAX_BUCKETS:  # coarsen: twice as wide, half as many
+        b = h.buckets
+        if b is None:
+            b = h.buckets = array("Q", bytes(8 * MAX_BUCKETS))
+            h.base = k
+        while not h.base <= k < h.base + MAX_BUCKETS:
+            used = [i for i, n in enumerate(b) if n]
+            lo, hi = min(h.base, k), max(h.base + used[-1], k) if used else k
+            if hi - lo < MAX_BUCKETS:  # fits once the buckets start at lo
+                new = array("Q", bytes(8 * MAX_BUCKETS))
+                for i in used:
+                    new[h.base + i - lo] = b[i]
+                h.base, h.buckets, b = lo, new, new
+                break
+            new = array("Q", bytes(8 * MAX_BUCKETS))  # coarsen: twice as wide
+            nb = h.base // 2
+            for i in used:
+                new[(h.base + i) // 2 - nb] += b[i]
             h.width *= 2
-            merged: dict[int, int] = {}
-            for key, n in b.items():
-                merged[key // 2] = merged.get(key // 2, 0) + n
-            h.buckets = b = merged
+            h.base, h.buckets, b = nb, new, new
+            k = int(c.first // h.width)
+        b[k - h.base] += c.count
 
     def hosts(self) -> list[Host]:
         """Hosts with product traffic first (most specific family, then most contacts),
