@@ -7,6 +7,7 @@ untrusted: the renderers escape it.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,7 +139,18 @@ def _d(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+_SHARED = ("server", "proto", "endpoint", "signature", "category", "evidence", "agent", "ksc_server",
+           "client_name_source", "source_file")  # fmt: skip
+_PRODUCTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def _build(**kw: Any) -> Contact:
+    """A contact from a record; its repeated strings are shared (``sys.intern``), so the
+    evidence rows an inventory keeps cost what they would from in-process alerts."""
+    for k in _SHARED:
+        kw[k] = sys.intern(kw[k])
+    products = kw["products"]
+    kw["products"] = _PRODUCTS.setdefault(products, products) if len(_PRODUCTS) < 4096 else products
     first, last = kw.pop("first"), kw.pop("last")
     if first is None:
         raise NotAnAlert("no time")
