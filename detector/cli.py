@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,7 +27,9 @@ from .capture.pcap import expand_paths
 from .errors import ConfigError, DetectorError, SignatureError, SinkError
 from .outputs import open_outputs
 from .pipeline import Detector
+from .progress import Progress
 from .replay import FileResult
+from .report import command as report_cmd
 from .signatures import (
     CATEGORIES,
     DEFAULT_PACK_DIR,
@@ -62,6 +65,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     # Every destination is opened (and every collector reached, unless --spool) before
     # any packet is read: a SinkError here is exit status 2.
+    inventory = None
+    if args.report:  # the inventory consumes the same Alert objects the outputs get
+        report_format = report_cmd.pick_format(args.report_format, args.report)
+        report_cmd.check_writable(args.report)
+        inventory = report_cmd.Inventory(report_cmd.home_net(args.home_net))
     outs = open_outputs(args.output or [], spool_dir=args.spool, ca=args.ca, hostname=args.sensor_name)
     if hasattr(signal, "SIGHUP"):  # logrotate: reopen output files by name
         signal.signal(signal.SIGHUP, lambda *_: outs.reopen())
@@ -71,13 +79,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in problems:
         _err(p)
     start = time.perf_counter()
+    bar = Progress(sys.stderr, sum(_size(f) for f in files), len(files), enabled=False if args.quiet else None)
 
     def emit(alerts: list) -> None:
         for a in alerts:
             outs.emit(a)
+            if inventory is not None:
+                inventory.add_alert(a)
         run.alerts_written += len(alerts)
 
+    def tick(in_file: int | None, packets: int) -> None:
+        bar.update(bar.bytes_done + (in_file or 0), packets, run.alerts_written)
+
     def done(res: FileResult) -> None:
+        bar.file_done(_size(res.path), det.stats.packets, run.alerts_written)
         if res.error:
             _err(res.error)
             run.files_failed.append(res.error)
@@ -100,7 +115,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 done(res)
         else:
             for path in files:
-                res = replay.scan(det, path, args.exact, args.flow_head, emit)
+                res = replay.scan(det, path, args.exact, args.flow_head, emit, progress=tick if bar.enabled else None)
                 run.state.update(res.state)
                 done(res)
         emit(det.flush())
@@ -108,8 +123,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err("interrupted; writing the alerts found so far")
         emit(det.flush())
     finally:
+        bar.close()
         run.seconds = time.perf_counter() - start
         outs.close(args.output_timeout)  # waits for collectors, spools what is left
+        if inventory is not None:
+            report_cmd.write(inventory, args.report, report_format, list(files))
     if not args.quiet:
         sys.stderr.write(render(det, run))
         sys.stderr.write("".join(line + "\n" for line in outs.summary_lines()))
@@ -119,6 +137,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(f"{outs.undeliverable} alert(s) could be neither delivered nor spooled (see above)")
         return EXIT_UNDELIVERED
     return EXIT_OK
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def cmd_signatures_check(args: argparse.Namespace) -> int:
@@ -254,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "client hellos or request heads span more than --flow-head packets")
     r.add_argument("--flow-head", type=int, default=core.DEFAULT_FLOW_HEAD, metavar="N",
                    help=f"compiled core: packets per direction of an interesting flow handed to the parsers (default {core.DEFAULT_FLOW_HEAD})")
+    r.add_argument("--report", metavar="FILE",
+                   help="at the end, write the host inventory to FILE (format from the extension: "
+                   ".html, .csv, .json, else a table; - for standard output)")
+    r.add_argument("--report-format", choices=["table", "csv", "json", "html"], help="the --report format, whatever the extension")
+    report_cmd.add_home_net(r)
     sig_opts(r)
     r.set_defaults(func=cmd_replay)
 
@@ -291,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ingest import add_parser as add_ingest_parser
 
     add_ingest_parser(sub, sig_opts, only_opt, cmd_ingest)
+    report_cmd.add_parser(sub)
 
     s = sub.add_parser("signatures", help="check or list signature packs")
     ssub = s.add_subparsers(dest="sigcmd", metavar="ACTION")

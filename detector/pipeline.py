@@ -24,8 +24,10 @@ from .decode.flows import DONE, FIN, RST, SYN, FlowKey, FlowTable, Stream
 from .decode.ip import IPDecoder, IPProto
 from .decode.link import strip_link
 from .errors import DecodeError
+from .hostnames import HostNames
 from .matcher import Matcher
 from .model import Alert, Evidence, Match, Observation, Strength
+from .parsers import dhcp as dhcpp
 from .parsers import dns as dnsp
 from .parsers import http as httpp
 from .parsers import quic as quicp
@@ -44,6 +46,7 @@ MAX_DNS_CACHED_WIRE = 512  # ... each at most this long (a parsed 64 KiB answer 
 MAX_HOSTS = 10_000  # clients the summary lists alerts for; more are counted together
 MAX_CERT_ALERTS = 8  # certificate names alerted per connection (a CDN certificate lists many)
 _ADDR_TYPES = ("A", "AAAA")
+_DHCP_PORTS = (dhcpp.SERVER_PORT, dhcpp.CLIENT_PORT)
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Detector:
         self._counters: CoreCounters | None = None
         self._txns: OrderedDict[tuple[str, int, str, int, int], None] = OrderedDict()
         self.learned = LearnedNames()
+        self.hostnames = HostNames()  # internal hosts' names from DHCP and DNS PTR answers
         self.awaiting = Awaiting()
         self.quic = quicp.QuicTracker()
         # Raw address+port bytes of decided TCP streams (untagged Ethernet), for feed()'s
@@ -164,6 +168,7 @@ class Detector:
         self._dns_cache: OrderedDict[bytes, dnsp.DnsMessage] = OrderedDict()
         self._rk: bytes | None = None
         self._quiet = False  # learn_only(): learn addresses, nothing else
+        self._macs: tuple[str, bytes, bytes] | None = None  # this frame's (src IP, src MAC, dst MAC)
         self._quiet_state: tuple[Stats, FlowTable, IPDecoder, OrderedDict, FlowCounters] | None = None
 
     def learn_only(self, ts: float, linktype: int, data: bytes) -> None:
@@ -260,6 +265,7 @@ class Detector:
         if depth == 0:
             st.ip_packets += 1
         src, dst, proto, l4 = ip
+        self._macs = (src, data[6:12], data[0:6]) if linktype == 1 else None  # Ethernet: who sent it
         if proto == IPProto.TCP:
             self._tcp(ts, src, dst, l4, vlans)
         elif proto == IPProto.UDP:
@@ -278,6 +284,8 @@ class Detector:
             elif sport == DNS_PORT or dport == DNS_PORT:
                 st.inspected += 1
                 self._dns(ts, src, sport, dst, dport, IPProto.UDP, payload, vlans, bool(cut))
+            elif sport in _DHCP_PORTS and dport in _DHCP_PORTS:
+                self.hostnames.dhcp(dhcpp.parse(payload))  # DecodeError: feed() counts it
             elif quicp.looks_like_quic_initial(payload):
                 st.inspected += 1
                 self._quic(ts, src, sport, dst, dport, payload, vlans)
@@ -546,6 +554,8 @@ class Detector:
         for a in anchors:
             if a in low:
                 return False
+        if b"\x04arpa\x00" in low:  # a reverse lookup may name an internal host (hostnames.py)
+            return False
         self.stats.dns_prefiltered += 1
         return True
 
@@ -566,6 +576,9 @@ class Detector:
                 self._observe(ts, Evidence.DNS_QUERY, q.name, src, sport, dst, dport, proto, detail, vlans, labels=q.labels)
             return
         # A response: the client is the destination.
+        for a in msg.answers:
+            if a.rrtype == "PTR" and a.target:
+                self.hostnames.ptr(a.rrname, a.target)
         query_seen = txns.pop((dst, dport, src, sport, msg.id), False) is None
         # NOERROR with records; when the snaplen cut them, the header still counts them
         answered = msg.rcode == "NOERROR" and bool(msg.answers or msg.answer_count)
@@ -671,6 +684,13 @@ class Detector:
             other = b if a == rec.client else a
             flow = (f_start, pts, bts, ptc, btc, rec.client[0], rec.client[1], other[0], other[1])
             direction = rec.direction(self._cur_sender)
+        if self._macs is not None:  # the client's (and server's) MAC, from this frame's Ethernet header
+            sent_by_client = self._macs[0] == client
+            cmac, smac = self._macs[1:] if sent_by_client else self._macs[:0:-1]
+            detail = {**detail, "client_mac": cmac.hex(":"), "server_mac": smac.hex(":")}
+        named = self.hostnames.lookup(client)
+        if named is not None:
+            detail = {**detail, "client_name": named[0], "client_name_source": named[1]}
         obs = Observation(
             ts=ts,
             evidence=evidence,

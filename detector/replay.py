@@ -52,8 +52,9 @@ def open_capture(det: Detector, path: str, exact: bool, flow_head: int,
 
 
 def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[list[Alert]], None],
-         part: tuple[int, int] | None = None) -> FileResult:
-    """Feed one file (or one share of it) to ``det``; alerts that become ready go to ``emit``."""
+         part: tuple[int, int] | None = None, progress: Callable[[int | None, int], None] | None = None) -> FileResult:
+    """Feed one file (or one share of it) to ``det``; alerts that become ready go to ``emit``.
+    ``progress(bytes_read_in_file or None, packets)`` is called every few thousand records."""
     res = FileResult(path)
     try:
         cf = open_capture(det, path, exact, flow_head, part)
@@ -66,7 +67,7 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     try:
         with cf:
             if isinstance(cf, core.CoreCapture):
-                for ts, linktype, data, counters, learn_only in cf:
+                for ts, linktype, data, counters, learn_only in cf.batches(progress):
                     if learn_only:
                         det.learn_only(ts, linktype, data)
                         continue
@@ -74,7 +75,7 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
                     if out:
                         emit(out)
             else:
-                for ts, linktype, data, _wirelen in cf:
+                for ts, linktype, data, _wirelen in (cf if progress is None else _ticking(cf, det, progress)):
                     out = feed(ts, linktype, data)
                     if out:
                         emit(out)
@@ -89,6 +90,15 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     res.warning = cf.warning
     res.state = state_counters(det)
     return res
+
+
+def _ticking(cf: CaptureFile, det: Detector, progress: Callable[[int | None, int], None],
+             every: int = 4096) -> Iterator[tuple[float, int, bytes, int]]:
+    """The records of ``cf`` (the pure-Python reader), calling ``progress`` every ``every``."""
+    for n, rec in enumerate(cf, 1):
+        if not n % every:
+            progress(cf.tell(), det.stats.packets)
+        yield rec
 
 
 def state_counters(det: Detector) -> Counter[str]:

@@ -91,7 +91,7 @@ def test_hostile_strings_escaped(ua):
     rec = json.loads(line)
     assert rec["http"]["http_user_agent"] == ua.replace("\r\n", " ")
     assert set(rec) <= {"timestamp", "flow_id", "event_type", "src_ip", "src_port", "dest_ip", "dest_port", "proto", "app_proto",
-                        "alert", "http", "pcap_filename", "vlan", "pkt_src", "tx_id", "direction", "flow"}
+                        "alert", "http", "pcap_filename", "vlan", "pkt_src", "tx_id", "direction", "flow", "ether"}
 
 
 def test_timestamp_format():

@@ -28,6 +28,7 @@ use crate::dns;
 
 pub const TUNNEL_PORTS: [u16; 2] = [4789, 6081];
 const DNS_PORT: u16 = 53;
+const DHCP_PORTS: [u16; 2] = [67, 68];
 const CARRY: usize = 64;
 /// Bounds of the ordered queue; past any of them the oldest undecided flow is handed up.
 pub const MAX_QUEUE_SLOTS: usize = 200_000;
@@ -363,7 +364,10 @@ impl Classifier {
                         false
                     }
                 } else {
-                    looks_like_quic_long_header(payload) || self.udp_ports.contains(&dport) || self.udp_ports.contains(&sport)
+                    looks_like_quic_long_header(payload)
+                        || self.udp_ports.contains(&dport)
+                        || self.udp_ports.contains(&sport)
+                        || (DHCP_PORTS.contains(&sport) && DHCP_PORTS.contains(&dport)) // client names (inventory)
                 };
                 if deliver {
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);

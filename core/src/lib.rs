@@ -119,22 +119,22 @@ mod python {
             Ok(Scanner { reader, cls: Classifier::new(cfg), finished: false })
         }
 
-        /// Up to `max` records `(ts, linktype, frame, counters|None, learn_only)`; empty at the end.
-        fn next_batch<'py>(&mut self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+        /// Up to `max` records `(ts, linktype, frame, counters|None, learn_only)`, after reading
+        /// at most `read` more frames of the file (so progress can be shown): the list may be
+        /// empty before the end; `done` says when the file is through.
+        #[pyo3(signature = (max, read=262_144))]
+        fn next_batch<'py>(&mut self, py: Python<'py>, max: usize, read: usize) -> PyResult<Bound<'py, PyList>> {
             let max = max.max(1);
             let recs = py.detach(|| {
-                let mut out = Vec::with_capacity(max);
+                let mut out = Vec::with_capacity(max.min(65_536));
+                let mut budget = read.max(1);
                 loop {
                     self.cls.drain(&mut out, max);
-                    if out.len() >= max || self.finished && self.cls_empty() {
+                    if out.len() >= max || self.finished || budget == 0 {
                         break;
                     }
-                    if self.finished {
-                        // finish() decided everything: the rest drains in the next loop turn
-                        continue;
-                    }
-                    // read a slice of the file, then drain again
-                    for _ in 0..4096 {
+                    for _ in 0..budget.min(4096) {
+                        budget -= 1;
                         match self.reader.next_frame() {
                             Some(f) => {
                                 let (ts, lt) = (f.ts, f.linktype);
@@ -149,9 +149,24 @@ mod python {
                         }
                     }
                 }
+                if self.finished {
+                    self.cls.drain(&mut out, max);
+                }
                 out
             });
             to_py(py, recs)
+        }
+
+        /// True once the file is read and every record handed out.
+        #[getter]
+        fn done(&self) -> bool {
+            self.finished && self.cls.queue_len() == 0
+        }
+
+        /// Bytes of the capture read so far (of the decompressed stream for gzip).
+        #[getter]
+        fn position(&self) -> u64 {
+            self.reader.position()
         }
 
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -182,12 +197,6 @@ mod python {
         #[getter]
         fn records(&self) -> u64 {
             self.reader.records
-        }
-    }
-
-    impl Scanner {
-        fn cls_empty(&self) -> bool {
-            self.cls.queue_len() == 0
         }
     }
 

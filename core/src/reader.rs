@@ -160,6 +160,11 @@ impl CaptureReader {
         Ok(r)
     }
 
+    /// Bytes read so far (for gzip: of the decompressed stream).
+    pub fn position(&self) -> u64 {
+        self.offset
+    }
+
     /// True when the compressed stream ended early or was corrupt (records before it kept).
     pub fn compressed_damage(&self) -> bool {
         self.broken.load(Ordering::Relaxed)

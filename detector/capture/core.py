@@ -17,7 +17,7 @@ import gzip
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import CaptureError
 from ..matcher import Matcher
@@ -71,7 +71,12 @@ class CoreCapture:
                  part: tuple[int, int] | None = None, max_flows: int = 200_000) -> None:
         assert _core is not None, "CoreCapture needs the compiled core"
         self.path = path
-        anchors = matcher.dns_anchors
+        # Reverse lookups (PTR) go to Python too: their answers name internal hosts for the
+        # inventory (hostnames.py), as the pure-Python path's DNS prefilter lets them through.
+        anchors = None if matcher.dns_anchors is None else (*matcher.dns_anchors, b"\x04arpa\x00")
+        tails = matcher.dns_tails()
+        if tails is not None:
+            tails = [*tails, [b"arpa"]]
         try:
             self._scanner = _core.Scanner(
                 path,
@@ -81,7 +86,7 @@ class CoreCapture:
                 flow_head=flow_head,
                 max_flows=max_flows,
                 part=part,
-                tails=matcher.dns_tails(),
+                tails=tails,
             )
         except OSError as exc:
             raise CaptureError(str(exc)) from None
@@ -105,12 +110,25 @@ class CoreCapture:
         s = self.stats()
         return s["packets"] - s["delivered"] - s["other_share"]
 
+    def tell(self) -> int:
+        """Bytes of the capture read so far."""
+        pos: int = self._scanner.position
+        return pos
+
+    def packets_read(self) -> int:
+        n: int = self._scanner.stats()["packets"]
+        return n
+
     def __iter__(self) -> Iterator[tuple[float, int, bytes, tuple | None, bool]]:
-        next_batch = self._scanner.next_batch
-        while True:
-            batch = next_batch(BATCH)
-            if not batch:
-                return
+        return self.batches(None)
+
+    def batches(self, progress: Callable[[int | None, int], None] | None) -> Iterator[tuple[float, int, bytes, tuple | None, bool]]:
+        """The records; ``progress(bytes read, packets read)`` after every slice of the file."""
+        sc = self._scanner
+        while not sc.done:
+            batch = sc.next_batch(BATCH)
+            if progress is not None:
+                progress(self.tell(), self.packets_read())
             yield from batch
 
     def close(self) -> None:

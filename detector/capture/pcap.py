@@ -137,6 +137,13 @@ class CaptureFile:
         finally:
             self._raw.close()
 
+    def tell(self) -> int:
+        """Bytes of the file read so far (of the compressed file, when it is compressed)."""
+        try:
+            return self._raw.tell()
+        except (OSError, ValueError):
+            return 0
+
     def __enter__(self) -> CaptureFile:
         return self
 

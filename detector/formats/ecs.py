@@ -216,6 +216,11 @@ def to_dict(alert: Alert) -> dict[str, Any]:
             out["network"]["inner"] = {"vlan": {"id": str(obs.vlan[1])}}
     if names_server(alert):
         out["destination"]["domain"] = obs.hostname
+    if d.get("client_name"):  # the client's name, from DHCP or a DNS PTR answer
+        out["source"]["domain"] = str(d["client_name"])
+    for side, key in (("source", "client_mac"), ("destination", "server_mac")):
+        if d.get(key):  # RFC 7042 notation, as ECS asks: 00-00-5E-00-53-23
+            out[side]["mac"] = str(d[key]).upper().replace(":", "-")
     if ev in DNS_KINDS:
         out["dns"], hosts, ips = _dns(obs)
         related_hosts += hosts
@@ -258,6 +263,7 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         "quic_version": str(d.get("version") or "") if ev == Evidence.QUIC_SNI else "",
         "ech": "true" if d.get("ech") else "",
         "truncated": "true" if d.get("truncated") else "",  # the snaplen cut the message
+        "client_hostname_source": str(d.get("client_name_source") or "") if d.get("client_name") else "",
     }
     if sig.source_urls != tuple(urls[:1]):
         labels["source_urls"] = LIST_SEPARATOR.join(sig.source_urls)

@@ -141,6 +141,9 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     answers = obs.detail.get("answers")
     if answers:  # Suricata's alert carries no DNS answer records: ours, one string each
         meta["dns_answers"] = [" ".join(str(a.get(k, "")) for k in ("rrname", "rrtype", "ttl", "rdata")) for a in answers]
+    if obs.detail.get("client_name"):  # the client's own name, from DHCP or a DNS PTR answer
+        meta["client_hostname"] = [str(obs.detail["client_name"])]
+        meta["client_hostname_source"] = [str(obs.detail.get("client_name_source") or "")]
     for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated"):
         val = obs.detail.get(key)
         if val:
@@ -163,6 +166,8 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     }
     if obs.vlan:
         out["vlan"] = list(obs.vlan)
+    if obs.detail.get("client_mac"):  # src_ip is the client, so src_mac is the client's
+        out["ether"] = {"src_mac": str(obs.detail["client_mac"]), "dest_mac": str(obs.detail.get("server_mac") or "")}
     if alert.source_file:
         out["pcap_filename"] = alert.source_file
     if sensor:

@@ -91,8 +91,19 @@ def finding_uid(alert: Alert) -> str:
     return str(uuid.uuid5(UID_NAMESPACE, key))  # json.dumps: ASCII, even for a lone surrogate
 
 
-def _endpoint(ip: str, port: int) -> dict[str, Any]:
-    return {"ip": ip, "port": port}
+def _endpoint(ip: str, port: int, mac: object = None) -> dict[str, Any]:
+    return {"ip": ip, "port": port, "mac": str(mac)} if mac else {"ip": ip, "port": port}
+
+
+def _device(alert: Alert) -> dict[str, Any]:
+    """The client: the machine that runs the detected software."""
+    d = alert.observation.detail
+    dev: dict[str, Any] = {"ip": alert.observation.client, "type_id": DEVICE_TYPE_ID, "type": DEVICE_TYPE}
+    if d.get("client_mac"):
+        dev["mac"] = str(d["client_mac"])
+    if d.get("client_name"):  # from DHCP or a DNS PTR answer
+        dev["hostname"] = str(d["client_name"])
+    return dev
 
 
 def _tls(d: dict[str, Any], version_key: str = "version") -> dict[str, Any] | None:
@@ -170,8 +181,8 @@ def _evidence(alert: Alert) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         data["resolved_by"] = str(d["resolved_by"])
     if ev == Evidence.PORT:
         data.update(ksc_agent=str(d.get("agent") or ""), ksc_server=str(d.get("ksc_server") or ""), app_proto=app)
-    out["src_endpoint"] = _endpoint(obs.client, obs.client_port)
-    out["dst_endpoint"] = _endpoint(obs.server, obs.server_port)
+    out["src_endpoint"] = _endpoint(obs.client, obs.client_port, d.get("client_mac"))
+    out["dst_endpoint"] = _endpoint(obs.server, obs.server_port, d.get("server_mac"))
     out["connection_info"] = {
         "uid": str(obs.flow_id),
         "protocol_num": obs.proto,
@@ -240,6 +251,8 @@ def to_dict(alert: Alert) -> dict[str, Any]:
         unmapped["truncated"] = True
     if obs.vlan:
         unmapped["vlan"] = list(obs.vlan)
+    if obs.detail.get("client_name"):
+        unmapped["client_hostname_source"] = str(obs.detail.get("client_name_source") or "")
     if alert.source_file:
         unmapped["pcap_filename"] = alert.source_file
     for key, val in storm_fields(alert):  # an alert-storm aggregate (storm.py)
@@ -275,7 +288,7 @@ def to_dict(alert: Alert) -> dict[str, Any]:
             "profiles": list(PROFILES),
         },
         "finding_info": info,
-        "device": {"ip": obs.client, "type_id": DEVICE_TYPE_ID, "type": DEVICE_TYPE},
+        "device": _device(alert),
         "evidences": [evidence],
         "observables": observables,
         "unmapped": unmapped,
