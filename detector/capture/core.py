@@ -64,6 +64,27 @@ def usable(path: str) -> bool:
     return magic in PCAP_MAGICS or magic == PCAPNG_SHB
 
 
+def prefilter(matcher: Matcher) -> tuple[tuple[bytes, ...] | None, list[list[bytes]] | None]:
+    """The anchors and DNS tails the core filters with. Reverse lookups (PTR) go to Python
+    too: their answers name internal hosts for the inventory (hostnames.py), as the
+    pure-Python path's DNS prefilter lets them through."""
+    anchors = None if matcher.dns_anchors is None else (*matcher.dns_anchors, b"\x04arpa\x00")
+    tails = matcher.dns_tails()
+    if tails is not None:
+        tails = [*tails, [b"arpa"]]
+    return anchors, tails
+
+
+def live_classifier(matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD) -> object | None:
+    """The core's classifier for frames a live capture hands over in batches, or None
+    where the core is not built."""
+    if _core is None:
+        return None
+    anchors, tails = prefilter(matcher)
+    return _core.Classifier(list(anchors) if anchors is not None else None, matcher.ports(6), matcher.ports(17),
+                            flow_head=flow_head, tails=tails)
+
+
 class CoreCapture:
     """Iterate the records the core hands up: ``(ts, linktype, data, counters, learn_only)``."""
 
@@ -71,12 +92,7 @@ class CoreCapture:
                  part: tuple[int, int] | None = None, max_flows: int = 200_000) -> None:
         assert _core is not None, "CoreCapture needs the compiled core"
         self.path = path
-        # Reverse lookups (PTR) go to Python too: their answers name internal hosts for the
-        # inventory (hostnames.py), as the pure-Python path's DNS prefilter lets them through.
-        anchors = None if matcher.dns_anchors is None else (*matcher.dns_anchors, b"\x04arpa\x00")
-        tails = matcher.dns_tails()
-        if tails is not None:
-            tails = [*tails, [b"arpa"]]
+        anchors, tails = prefilter(matcher)
         try:
             self._scanner = _core.Scanner(
                 path,

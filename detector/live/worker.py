@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import bounds
+from ..capture import core
 from ..capture import live as cap
 from ..capture.live import (
     ADMIT_HEADS,
@@ -152,15 +153,32 @@ class Worker:
         self.counters = WorkerCounters()
         self.gen = 0
         self.fatal: str | None = None
+        # The compiled core's classifier (None where it is not built): every batch goes
+        # through it, and only the frames that can hold evidence reach the Python pipeline.
+        self.core: Any = core.live_classifier(det.matcher, flow_head)
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
         """The per-packet loop: every packet this worker reads, from either handle, goes
-        through here in capture order as (timestamp, link type, frame).  A batch call
-        into a compiled core would replace this loop."""
+        through here in capture order as (timestamp, link type, frame): one call into the
+        compiled core per batch, then the Python pipeline for what it hands up."""
+        if self.core is not None:
+            self._feed_records(self.core.push_many(list(batch)))
+            return
         feed = self.det.feed
         for ts, lt, data in batch:
             feed(ts, lt, data)
+
+    def _feed_records(self, records: list[tuple[float, int, bytes, Any, bool]]) -> None:
+        feed = self.det.feed
+        for ts, lt, data, counters, _learn_only in records:
+            feed(ts, lt, data, counters=counters)
+
+    def _tick(self) -> None:
+        """An idle link: frames the core holds for a still-undecided flow are released
+        after its bound (2 s), not only when the next packet arrives."""
+        if self.core is not None:
+            self._feed_records(self.core.tick(time.time()))
 
     def _drain(self) -> None:
         backlog = self.backlog
@@ -292,8 +310,12 @@ class Worker:
             if msg[0] == "sigs":
                 gen, sigs = msg[1], msg[2]
                 with self.lock:  # between two packets: the swap is atomic for the pipeline
+                    if self.core is not None:  # what the old anchors held back goes first
+                        self._feed_records(self.core.finish())
                     items = self._take()
                     self.det.set_signatures(sigs)
+                    if self.core is not None:  # the new signatures' anchors and ports
+                        self.core = core.live_classifier(self.det.matcher, self.flow_head)
                     old, self.gen = self.gen, gen
                 self._send_matches(old, items)
                 self.conn.send(("ack", self.wid, gen))
@@ -321,6 +343,8 @@ class Worker:
                 with self.lock:
                     self._drain()
             if now >= next_ship:
+                with self.lock:
+                    self._tick()
                 self._ship()
                 next_ship = now + SHIP_SECONDS
             if now >= next_stats:
@@ -334,6 +358,8 @@ class Worker:
         # blocked in libpcap; the process ends with os._exit in the caller.
         with self.lock:
             self._drain()
+            if self.core is not None:
+                self._feed_records(self.core.finish())
         self._ship()
         self.conn.send(("stats", self.wid, self.stats()))
         self.conn.send(("bye", self.wid))
