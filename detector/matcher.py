@@ -13,7 +13,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .signatures import Signature, SignatureSet
+from .signatures import Signature, SignatureSet, wildcard_regex
 
 # Trie keys that are not labels (labels are str; these are ints, so no label, not even one
 # made of a NUL byte, can reach them).
@@ -87,15 +87,7 @@ class Hit:
 
 
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for ch in pattern:
-        if ch == "*":
-            parts.append("[^.]+")
-        elif ch == "?":
-            parts.append("[^.]")
-        else:
-            parts.append(re.escape(ch))
-    return re.compile("".join(parts))
+    return re.compile(wildcard_regex(pattern))
 
 
 class Matcher:

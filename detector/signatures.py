@@ -77,6 +77,24 @@ SIG_KEYS = {
 SIG_REQUIRED = ("id", "name", "vendor", "products", "category", "confidence", "severity", "product_only", "match", "source")
 MATCH_KEYS = {"names": list, "suffixes": list, "wildcards": list, "ports": list}
 LISTENERS = ("server", "agent")
+def wildcard_regex(pattern: str, escape: str = ".-") -> str:
+    """A wildcard pattern as regular-expression source (no anchors): ``*`` is one or more
+    characters inside one label, ``?`` exactly one; the characters in ``escape`` get a
+    backslash.  The loader admits only ``[a-z0-9_.-*?]``, so nothing else needs one.  The
+    matcher compiles it; the Suricata (PCRE) and Zeek exporters write it."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append("[^.]+")
+        elif ch == "?":
+            out.append("[^.]")
+        elif ch in escape:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 _PORT_SPEC = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
 MAX_PORT_RANGE = 1000
 SOURCE_KEYS = {"ref": str, "grade": str, "urls": list}

@@ -42,7 +42,7 @@ import re
 from collections.abc import Iterator
 
 from ..errors import ConfigError
-from ..signatures import Signature, SignatureSet
+from ..signatures import Signature, SignatureSet, wildcard_regex
 from .common import Bundle, ExportOptions, tar_gz
 
 VERSIONS = (7, 8)
@@ -77,17 +77,7 @@ def _meta(text: str) -> str:
 
 
 def _pcre(pattern: str, dot: bool) -> str:
-    parts = []
-    for ch in pattern:
-        if ch == "*":
-            parts.append("[^.]+")
-        elif ch == "?":
-            parts.append("[^.]")
-        elif ch in ".-":
-            parts.append("\\" + ch)
-        else:
-            parts.append(ch)
-    return "^" + "".join(parts) + ("\\." if dot else "") + "$"
+    return "^" + wildcard_regex(pattern) + ("\\." if dot else "") + "$"
 
 
 def match_body(kind: str, pattern: str, buffer: str, nocase: bool, dot: bool) -> str:

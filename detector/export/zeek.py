@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from .. import __version__
-from ..signatures import Signature, SignatureSet
+from ..signatures import Signature, SignatureSet, wildcard_regex
 from .common import Bundle, ExportOptions
 
 INTEL_FIELDS = ("indicator", "indicator_type", "meta.source", "meta.desc", "meta.url", "meta.do_notice")
@@ -46,17 +46,7 @@ def zeek_string(text: str) -> str:
 
 
 def zeek_pattern(wildcard: str) -> str:
-    parts = []
-    for ch in wildcard:
-        if ch == "*":
-            parts.append("[^.]+")
-        elif ch == "?":
-            parts.append("[^.]")
-        elif ch == ".":
-            parts.append("\\.")
-        else:
-            parts.append(ch)  # [a-z0-9_-]: validated by the loader
-    return "/^" + "".join(parts) + "$/"
+    return "/^" + wildcard_regex(wildcard, escape=".") + "$/"
 
 
 def _sig_record(sig: Signature, pattern: str) -> str:
