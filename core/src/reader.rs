@@ -293,37 +293,10 @@ impl CaptureReader {
                 }
                 Step::Block(used, kind) => {
                     self.pending_consume = used;
-                    match kind {
-                        Kind::LegacyHeader(lt, nano) => {
-                            self.format = "pcap";
-                            self.legacy = (lt & 0xffff, if nano { 1e-9 } else { 1e-6 });
-                        }
-                        Kind::Section(be) => {
-                            self.format = "pcapng";
-                            self.ng_big_endian = be;
-                            self.interfaces.clear();
-                        }
-                        Kind::Interface(lt, resol, off) => {
-                            if self.interfaces.len() < 65536 {
-                                self.interfaces.push((lt, ts_unit(resol), off));
-                            }
-                        }
-                        Kind::Packet(p) => {
-                            // (consume is deferred to the next call, so the bytes stay put)
-                            if self.frame_ok(p) {
-                                return self.frame_of(p);
-                            }
-                            self.bad_block();
-                        }
-                        Kind::BadPacket(legacy) => {
-                            if legacy {
-                                self.warning = Some(self.impossible());
-                                self.done = true;
-                                return None;
-                            }
-                            self.bad_block();
-                        }
-                        Kind::Other => {}
+                    match self.apply(kind) {
+                        Applied::Packet(p) => return self.frame_of(p), // (consume is deferred: the bytes stay put)
+                        Applied::Stop => return None,
+                        Applied::Next => {}
                     }
                 }
             }
@@ -419,36 +392,47 @@ impl CaptureReader {
             };
             m.pos += used;
             self.offset = m.win_start + m.pos as u64;
-            match kind {
-                Kind::LegacyHeader(lt, nano) => {
-                    self.format = "pcap";
-                    self.legacy = (lt & 0xffff, if nano { 1e-9 } else { 1e-6 });
-                }
-                Kind::Section(be) => {
-                    self.format = "pcapng";
-                    self.ng_big_endian = be;
-                    self.interfaces.clear();
-                }
-                Kind::Interface(lt, resol, off) => {
-                    if self.interfaces.len() < 65536 {
-                        self.interfaces.push((lt, ts_unit(resol), off));
-                    }
-                }
-                Kind::Packet(p) => {
-                    if self.frame_ok(p) {
-                        return self.frame_of(p);
-                    }
-                    self.bad_block();
-                }
-                Kind::BadPacket(legacy) => {
-                    if legacy {
-                        return self.stop(self.impossible());
-                    }
-                    self.bad_block();
-                }
-                Kind::Other => {}
+            match self.apply(kind) {
+                Applied::Packet(p) => return self.frame_of(p),
+                Applied::Stop => return None,
+                Applied::Next => {}
             }
         }
+    }
+
+    /// What a block means for the reader's state (both the mapped and the stream path).
+    fn apply(&mut self, kind: Kind) -> Applied {
+        match kind {
+            Kind::LegacyHeader(lt, nano) => {
+                self.format = "pcap";
+                self.legacy = (lt & 0xffff, if nano { 1e-9 } else { 1e-6 });
+            }
+            Kind::Section(be) => {
+                self.format = "pcapng";
+                self.ng_big_endian = be;
+                self.interfaces.clear();
+            }
+            Kind::Interface(lt, resol, off) => {
+                if self.interfaces.len() < 65536 {
+                    self.interfaces.push((lt, ts_unit(resol), off));
+                }
+            }
+            Kind::Packet(p) => {
+                if self.frame_ok(p) {
+                    return Applied::Packet(p);
+                }
+                self.bad_block();
+            }
+            Kind::BadPacket(legacy) => {
+                if legacy {
+                    self.warn(self.impossible());
+                    return Applied::Stop;
+                }
+                self.bad_block();
+            }
+            Kind::Other => {}
+        }
+        Applied::Next
     }
 
     fn stop(&mut self, msg: String) -> Option<Frame<'_>> {
@@ -533,6 +517,12 @@ fn obsolete(base: usize, body: &[u8], be: bool) -> Option<Packet> {
     let (tsh, tsl, cap) = (u32_at(4)?, u32_at(8)?, u32_at(12)? as usize);
     let (start, len) = span(base, body.get(20..)?, cap)?;
     Some(Packet { start, len, source: Source::Iface(ifid, ((tsh as u64) << 32) | tsl as u64) })
+}
+
+enum Applied {
+    Packet(Packet),
+    Stop,
+    Next,
 }
 
 enum Step {
