@@ -197,3 +197,27 @@ def test_dataset_rules_alert_like_per_name_rules(eve_logs, cap, tmp_path):
                         "none", "--runmode", "single"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert suricata_pairs(tmp_path / "eve.json") == suricata_pairs(eve_logs[cap])
+
+
+INVENTORY_CAPTURES = ["tls-sni.pcap", "dns-udp-tcp.pcap", "http-host-proxy.pcap", "issue4/ksc-ports.pcap",
+                      "issue4/ip-literal-after-dns.pcap", "quic/chromium.pcap"]
+
+
+@pytest.mark.parametrize("cap", INVENTORY_CAPTURES)
+def test_inventory_of_replay_and_of_ingest_agree(eve_logs, cap, tmp_path):
+    """The host inventory built from `detector replay`'s alerts and from `detector ingest`
+    of Suricata's EVE log of the same traffic name the same hosts, with the same product
+    family, categories, endpoints, alert and contact counts and strongest evidence."""
+    replayed = tmp_path / "replay.json"
+    replayed.write_text(_replay(cap))
+    ingested = tmp_path / "ingest.json"
+    ingested.write_text(detector("ingest", "-q", str(eve_logs[cap])))
+
+    def inventory(path: Path) -> dict[str, tuple]:
+        doc = json.loads(detector("report", "-q", str(path), "--format", "json"))
+        return {h["ip"]: (h["family"], h["website_only"], h["categories"], h["endpoints"], h["alerts"],
+                          h["contacts"], h["strength"], h["first_seen"], h["last_seen"]) for h in doc["hosts"]}
+
+    want = inventory(replayed)
+    assert want, f"{cap}: replay found no host"
+    assert inventory(ingested) == want
