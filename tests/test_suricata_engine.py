@@ -207,7 +207,9 @@ INVENTORY_CAPTURES = ["tls-sni.pcap", "dns-udp-tcp.pcap", "http-host-proxy.pcap"
 def test_inventory_of_replay_and_of_ingest_agree(eve_logs, cap, tmp_path):
     """The host inventory built from `detector replay`'s alerts and from `detector ingest`
     of Suricata's EVE log of the same traffic name the same hosts, with the same product
-    family, categories, endpoints, alert and contact counts and strongest evidence."""
+    family, categories, endpoints, alert count, strongest evidence and first/last seen.
+    (Contact counts are not compared: EVE has one flow record where replay counts each
+    UDP datagram to a Security Center port.)"""
     replayed = tmp_path / "replay.json"
     replayed.write_text(_replay(cap))
     ingested = tmp_path / "ingest.json"
@@ -215,8 +217,8 @@ def test_inventory_of_replay_and_of_ingest_agree(eve_logs, cap, tmp_path):
 
     def inventory(path: Path) -> dict[str, tuple]:
         doc = json.loads(detector("report", "-q", str(path), "--format", "json"))
-        return {h["ip"]: (h["family"], h["website_only"], h["categories"], h["endpoints"], h["alerts"],
-                          h["contacts"], h["strength"], h["first_seen"], h["last_seen"]) for h in doc["hosts"]}
+        return {h["ip"]: (h["family"], h["website_only"], sorted(h["categories"]), sorted(h["endpoints"]), h["alerts"],
+                          h["strength"], h["first_seen"], h["last_seen"]) for h in doc["hosts"]}
 
     want = inventory(replayed)
     assert want, f"{cap}: replay found no host"

@@ -10,7 +10,8 @@ A worker (``Worker``) runs a ``Detector(collect=True)`` over its handles
   control pipe, feeds whole packets, ships matches and counters to the controller, and
   swaps in new signatures on a reload.
 
-Both feed one Detector under one lock, through ``Worker.feed_batch``.  While the heads
+Both feed one Detector under one lock: the heads through the compiled core
+(``Worker.feed_heads``), the whole handle directly (``Worker.feed_batch``).  While the heads
 threads are busy, whole packets are queued (bounded) and fed by the heads callbacks, so
 neither thread starves the other for the GIL; when the heads are idle the main thread
 feeds them itself.
@@ -159,15 +160,22 @@ class Worker:
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
-        """The per-packet loop: every packet this worker reads, from either handle, goes
-        through here in capture order as (timestamp, link type, frame): one call into the
-        compiled core per batch, then the Python pipeline for what it hands up."""
-        if self.core is not None:
-            self._feed_records(self.core.push_many(list(batch)))
-            return
+        """The per-packet loop of the whole handle (DNS, SYN/FIN/RST, QUIC, IPv6, ...):
+        (timestamp, link type, frame) in capture order, straight to the Python pipeline."""
         feed = self.det.feed
         for ts, lt, data in batch:
             feed(ts, lt, data)
+
+    def feed_heads(self, batch: list[tuple[float, int, bytes]]) -> None:
+        """The heads handle's IPv4 TCP segments (after the kernel BPF and the C flow-head
+        classifier): through the compiled core first, so only flows that can hold evidence
+        reach Python.  Only these go through it: the two handles are read by different
+        threads, so a connection's SYN/FIN (whole handle) may come before or after its
+        data, and the core must not restart or close a flow on them."""
+        if self.core is not None:
+            self._feed_records(self.core.push_many(batch))
+        else:
+            self.feed_batch(batch)
 
     def _feed_records(self, records: list[tuple[float, int, bytes, Any, bool]]) -> None:
         feed = self.det.feed
@@ -191,7 +199,7 @@ class Worker:
     def _heads_loop(self, st: _HeadsState) -> None:
         h = st.handle
         lt = h.linktype
-        feed_batch = self.feed_batch
+        feed_heads = self.feed_heads
         lock = self.lock
         mono = time.monotonic
         deadline = [0.0]
@@ -204,7 +212,7 @@ class Worker:
                 if self.backlog:
                     self._drain()
                 try:
-                    feed_batch(((sec + usec * 1e-6, lt, data),))
+                    feed_heads([(sec + usec * 1e-6, lt, data)])
                 except Exception as exc:  # noqa: BLE001 - Detector swallows its own; count ours
                     self.counters.callback_errors += 1
                     self.counters.last_error = f"{type(exc).__name__}: {exc}"
