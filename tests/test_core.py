@@ -197,3 +197,20 @@ def test_short_flow_head_is_reported_not_silent():
     r = subprocess.run([sys.executable, "-m", "detector", "replay", "pcaps/tls-split-small-mss.pcap"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.stdout.count('"tls-sni"') == 2
+
+
+def test_a_gzip_bomb_is_stopped_by_the_core_too(tmp_path):
+    """A gzip'd capture expanding more than 200:1 past 16 MiB: the core stops it with the
+    same warning as the Python reader; the records before it are read, the run goes on."""
+    head = (PCAPS / "tls-sni.pcap").read_bytes()
+    bomb = tmp_path / "bomb.pcap.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as g:
+        g.write(head)
+        record = struct.pack("<IIII", 1_764_000_000, 0, 65535, 65535) + b"\0" * 65535  # an empty 64 KiB frame
+        for _ in range(1024):  # 64 MiB that compress ~1000:1
+            g.write(record)
+    fast, res = _run(str(bomb), exact=False)
+    slow, res_slow = _run(str(bomb), exact=True)
+    assert res.fast and "decompression bomb" in (res.warning or "")
+    assert "decompression bomb" in (res_slow.warning or "")
+    assert fast and fast == slow

@@ -175,7 +175,11 @@ mod python {
 
         #[getter]
         fn warning(&self) -> Option<String> {
-            let z = self.reader.compressed_damage().then_some("compressed data ends early or is corrupt");
+            let z = if self.reader.decompression_bomb() {
+                Some("compressed data expands more than 200:1: a decompression bomb? rest skipped")
+            } else {
+                self.reader.compressed_damage().then_some("compressed data ends early or is corrupt")
+            };
             match (self.reader.warning.clone(), z) {
                 (Some(w), Some(z)) => Some(format!("{z}; {w}")),
                 (Some(w), None) => Some(w),

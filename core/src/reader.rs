@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pcap_parser::pcapng::Block;
@@ -47,6 +47,7 @@ pub struct CaptureReader {
     offset: u64,
     pending_consume: usize,
     broken: Arc<AtomicBool>,
+    bomb: Arc<AtomicBool>,
 }
 
 /// Mapped files are read through a window that slides along the file, so the pages of
@@ -78,24 +79,53 @@ fn map_file(f: &File, offset: u64, len: usize) -> std::io::Result<memmap2::Mmap>
 }
 
 /// A decompressor whose errors end the stream (flagged) instead of failing the reader, so
-/// that every record before a cut in a compressed capture is still read.
+/// that every record before a cut in a compressed capture is still read; and which ends a
+/// stream that expands more than `MAX_RATIO`:1 once `RATIO_AFTER` bytes came out (a
+/// decompression bomb), as the Python reader does.
 struct Tolerant<R> {
     inner: R,
     broken: Arc<AtomicBool>,
+    bomb: Arc<AtomicBool>,
+    packed: Arc<AtomicU64>,
+    out: u64,
 }
+
+const MAX_RATIO: u64 = 200;
+const RATIO_AFTER: u64 = 16 << 20;
 
 impl<R: Read> Read for Tolerant<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.broken.load(Ordering::Relaxed) {
+        if self.broken.load(Ordering::Relaxed) || self.bomb.load(Ordering::Relaxed) {
             return Ok(0);
         }
         match self.inner.read(buf) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.out += n as u64;
+                if self.out > RATIO_AFTER && self.out > MAX_RATIO * self.packed.load(Ordering::Relaxed).max(1) {
+                    self.bomb.store(true, Ordering::Relaxed);
+                    return Ok(0);
+                }
+                Ok(n)
+            }
             Err(_) => {
                 self.broken.store(true, Ordering::Relaxed);
                 Ok(0)
             }
         }
+    }
+}
+
+/// Counts the compressed bytes read from the file (for the bomb ratio).
+struct Counting<R> {
+    inner: R,
+    n: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -149,14 +179,18 @@ impl CaptureReader {
             }
         }
         let broken = Arc::new(AtomicBool::new(false));
+        let bomb = Arc::new(AtomicBool::new(false));
         let source: Box<dyn Read + Send> = if gz {
-            let z = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
-            Box::new(Tolerant { inner: z, broken: broken.clone() })
+            let packed = Arc::new(AtomicU64::new(0));
+            let counted = Counting { inner: f, n: packed.clone() };
+            let z = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, counted));
+            Box::new(Tolerant { inner: z, broken: broken.clone(), bomb: bomb.clone(), packed, out: 0 })
         } else {
             Box::new(f)
         };
         let mut r = Self::from_reader(source, gz)?;
         r.broken = broken;
+        r.bomb = bomb;
         Ok(r)
     }
 
@@ -168,6 +202,11 @@ impl CaptureReader {
     /// True when the compressed stream ended early or was corrupt (records before it kept).
     pub fn compressed_damage(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
+    }
+
+    /// True when the compressed stream was stopped as a decompression bomb.
+    pub fn decompression_bomb(&self) -> bool {
+        self.bomb.load(Ordering::Relaxed)
     }
 
     fn from_reader_unchecked(source: Box<dyn Read + Send>) -> Result<CaptureReader, String> {
@@ -202,6 +241,7 @@ impl CaptureReader {
             offset: 0,
             pending_consume: 0,
             broken: Arc::new(AtomicBool::new(false)),
+            bomb: Arc::new(AtomicBool::new(false)),
         })
     }
 
