@@ -2,8 +2,8 @@
 
 Generates one classic pcap per flood in ``benchmarks/_work/adversarial/`` (git-ignored),
 plus a "normal" capture of the same size (TLS downloads, DNS, HTTP: the traffic a span port
-usually carries), runs ``detector replay --exact`` (the pure-Python path) on each in this
-one invocation, and prints, per capture: packets/s, the ratio to the normal capture's rate,
+usually carries), runs ``detector replay`` on each in this one invocation (the compiled core,
+as the product runs; ``--exact`` for the pure-Python path), and prints, per capture: packets/s, the ratio to the normal capture's rate,
 peak RSS of the detector process, alerts written, and whether every hidden contact was
 reported.
 
@@ -298,7 +298,7 @@ _RATE = re.compile(r"([\d,]+) packets, [\d,]+ bytes in ([\d.]+) s")
 
 
 def run_detector(pcap: str, out: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "detector", "replay", "--exact", pcap, "-o", out, *extra]
+    cmd = [sys.executable, "-m", "detector", "replay", pcap, "-o", out, *extra]
     if os.path.exists(out):
         os.unlink(out)
     start = time.perf_counter()
@@ -361,6 +361,7 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="regenerate the captures even if present")
     ap.add_argument("--keep", action="store_true", help="keep the alert files in _work/adversarial/")
     ap.add_argument("--detector-args", default="", help="extra arguments for detector replay")
+    ap.add_argument("--exact", action="store_true", help="the pure-Python path (detector replay --exact)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--work", default=WORK, metavar="DIR", help=f"where the captures go (default {WORK})")
     args = ap.parse_args()
@@ -370,7 +371,7 @@ def main() -> int:
     unknown = [x for x in only if x not in FLOODS]
     if unknown:
         ap.error(f"unknown flood(s) {', '.join(unknown)} (valid: {', '.join(FLOODS)})")
-    extra = args.detector_args.split()
+    extra = args.detector_args.split() + (["--exact"] if args.exact else [])
     rows = []
     normal_n = int(250_000 * args.scale)
     jobs: list[tuple[str, str, int, str]] = [("normal", "ordinary traffic: TLS/HTTP downloads, DNS", normal_n, "")]

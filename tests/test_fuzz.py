@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.targets import ALLOWED, TARGETS, mutate, regression_files, seeds
 
-EXAMPLES = {"signature_file": 300, "pipeline": 1000, "capture_file": 1000, "x509": 800}
+EXAMPLES = {"signature_file": 300, "pipeline": 1000, "capture_file": 1000, "capture_file_core": 600, "log_file": 600, "x509": 800}
 DEFAULT_EXAMPLES = 1500
 
 

@@ -172,6 +172,44 @@ def capture_file(data: bytes) -> object:
     return None
 
 
+def capture_file_core(data: bytes) -> object:
+    """The compiled core's reader and classifier on whole files (skipped where the core is
+    not built): only CaptureError (an unreadable file) may escape; damage is a warning."""
+    from detector import Detector
+    from detector.capture import core
+
+    if not core.AVAILABLE:
+        return None
+    path = _file(data, ".pcap")
+    try:
+        with core.CoreCapture(path, _detector(Detector).matcher) as cc:  # type: ignore[attr-defined]
+            for _ in cc:
+                pass
+            assert cc.warning is None or len(cc.warning) < 4096
+    except CaptureError:
+        pass
+    finally:
+        os.unlink(path)
+    return None
+
+
+def log_file(data: bytes) -> object:
+    """`detector ingest`'s readers (Suricata EVE JSON, Zeek TSV and JSON logs, gzip) on
+    whole files: malformed lines are counted, never raised."""
+    from detector.capture.logs import LogStats, read_log
+
+    path = _file(data, ".log")
+    try:
+        stats = LogStats()
+        for _ in read_log(path, stats):
+            pass
+    except CaptureError:
+        pass
+    finally:
+        os.unlink(path)
+    return None
+
+
 def signature_file(data: bytes) -> object:
     from detector.signatures import load_signatures
 
@@ -219,6 +257,8 @@ TARGETS: dict[str, Target] = {
     "http": http,
     "quic": quic,
     "capture_file": capture_file,
+    "capture_file_core": capture_file_core,
+    "log_file": log_file,
     "signature_file": signature_file,
     "pipeline": pipeline,
 }
@@ -282,6 +322,27 @@ def payloads() -> dict[str, tuple[bytes, ...]]:
     return {k: tuple(dict.fromkeys(v))[:200] or (b"",) for k, v in kinds.items()}
 
 
+LOG_SEEDS = (
+    b'{"timestamp":"2026-11-28T02:27:36.660791+0000","flow_id":1,"event_type":"dns","src_ip":"198.18.0.10",'
+    b'"src_port":41002,"dest_ip":"198.18.0.1","dest_port":53,"proto":"UDP","dns":{"version":2,"type":"answer",'
+    b'"id":7,"rrname":"downloads.upd.kaspersky.com","rrtype":"A","rcode":"NOERROR","answers":[{"rrname":'
+    b'"downloads.upd.kaspersky.com","rrtype":"A","ttl":60,"rdata":"198.18.0.1"}]}}\n'
+    b'{"timestamp":"2026-11-28T02:27:36.760791+0000","flow_id":2,"event_type":"tls","src_ip":"198.18.0.10",'
+    b'"src_port":41003,"dest_ip":"198.18.0.1","dest_port":443,"proto":"TCP","tls":{"sni":"s01.upd.kaspersky.com",'
+    b'"version":"TLS 1.3"}}\n'
+    b'{"timestamp":"2026-11-28T02:27:37.0+0000","flow_id":3,"event_type":"flow","src_ip":"198.18.0.10",'
+    b'"src_port":41004,"dest_ip":"198.18.0.1","dest_port":13000,"proto":"TCP","app_proto":"failed"}\n',
+    b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n"
+    b"#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\tqtype_name\t"
+    b"rcode_name\tanswers\tTTLs\n#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tcount\tstring\t"
+    b"string\tstring\tvector[string]\tvector[interval]\n"
+    b"1764000000.0\tC1\t198.18.0.10\t41002\t198.18.0.1\t53\tudp\t7\tdnl-01.geo.kaspersky.com\tA\t"
+    b"NOERROR\t198.18.0.1\t60.0\n",
+    b'{"ts":1764000000.0,"uid":"C2","id.orig_h":"198.18.0.10","id.orig_p":41005,"id.resp_h":"198.18.0.1",'
+    b'"id.resp_p":443,"server_name":"activation-v2.kaspersky.com","version":"TLSv13"}\n',
+)
+
+
 @functools.cache
 def seeds(target: str) -> tuple[bytes, ...]:
     p = payloads()
@@ -294,7 +355,9 @@ def seeds(target: str) -> tuple[bytes, ...]:
     if target == "tcp_reassembly":
         rng = random.Random(1)
         return tuple(bytes(rng.randrange(256) for _ in range(rng.randrange(8, 200))) for _ in range(20))
-    if target == "capture_file":
+    if target == "log_file":
+        return LOG_SEEDS
+    if target in ("capture_file", "capture_file_core"):
         out = []
         for path in sorted(PCAPS.rglob("*.pcap*")):
             with open(path, "rb") as fh:
