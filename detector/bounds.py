@@ -70,6 +70,9 @@ EVICTIONS = {
     "learned-evicted": "learned-address table full",
     "awaiting-evicted": "awaiting-answer table full",
     "flow_counters_evicted": "flow counter table full",
+    "core_flows_evicted": "compiled core: flow table full",
+    "core_learned_evicted": "compiled core: learned-address table full",
+    "core_forced": "compiled core: undecided flows handed up at a queue bound",
     "dns_txns_evicted": "DNS transaction table full",
 }
 
