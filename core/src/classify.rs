@@ -31,9 +31,9 @@ const DNS_PORT: u16 = 53;
 const DHCP_PORTS: [u16; 2] = [67, 68];
 const CARRY: usize = 64;
 /// Bounds of the ordered queue; past any of them the oldest undecided flow is handed up.
-pub const MAX_QUEUE_SLOTS: usize = 200_000;
-pub const MAX_QUEUE_BYTES: usize = 64 << 20;
-pub const MAX_DELAY: u64 = 100_000; // packets behind the oldest undecided slot
+pub const MAX_QUEUE_SLOTS: usize = 50_000;
+pub const MAX_QUEUE_BYTES: usize = 16 << 20;
+pub const MAX_DELAY: u64 = 20_000; // packets behind the oldest undecided slot
 pub const MAX_LEARNED: usize = 262_144;
 pub const MAX_FRAGMENTED: usize = 8192; // datagrams being accounted at once (oldest dropped)
 /// Capture-time seconds an undecided flow may hold the queue (live: alert latency).

@@ -89,7 +89,7 @@ class CoreCapture:
     """Iterate the records the core hands up: ``(ts, linktype, data, counters, learn_only)``."""
 
     def __init__(self, path: str, matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD,
-                 part: tuple[int, int] | None = None, max_flows: int = 200_000) -> None:
+                 part: tuple[int, int] | None = None, max_flows: int = 100_000) -> None:
         assert _core is not None, "CoreCapture needs the compiled core"
         self.path = path
         anchors, tails = prefilter(matcher)
