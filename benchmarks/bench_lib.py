@@ -37,18 +37,13 @@ def load_pack(paths: list[str] | None = None):
 
 
 def wildcard_regex(pattern: str, trailing_dot: bool = False) -> str:
-    """'ksn-*-geo.kaspersky-labs.com' -> '^ksn-[^.]+-geo\\.kaspersky-labs\\.com$'."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append("[^.]+")
-        elif ch == "?":
-            out.append("[^.]")
-        elif ch in ".-":
-            out.append("\\" + ch)
-        else:
-            out.append(re.escape(ch))
-    return "^" + "".join(out) + ("\\.?" if trailing_dot else "") + "$"
+    """'ksn-*-geo.kaspersky-labs.com' -> '^ksn-[^.]+-geo\\.kaspersky-labs\\.com$' (the matcher's
+    own translation, anchored; optionally allowing one trailing dot)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from detector.signatures import wildcard_regex as source
+
+    return "^" + source(pattern) + ("\\.?" if trailing_dot else "") + "$"
 
 
 class Patterns:
