@@ -222,10 +222,6 @@ impl Classifier {
         }
     }
 
-    fn prefiltering(&self) -> bool {
-        self.dns_ac.is_some()
-    }
-
     fn dns_anchored(&self, p: &[u8]) -> bool {
         let anchored = match &self.dns_ac {
             Some(ac) => ac.is_match(p),
@@ -707,10 +703,6 @@ impl Classifier {
 
     pub fn flows_open(&self) -> usize {
         self.flows.len()
-    }
-
-    pub fn prefilter_active(&self) -> bool {
-        self.prefiltering()
     }
 }
 
