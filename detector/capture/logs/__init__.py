@@ -71,6 +71,20 @@ def _open(path: str) -> IO[bytes]:
     return raw
 
 
+def content(path: str, numbered: Iterator[tuple[int, bytes | None]], stats: LogStats,
+            blank: bytes | None = None) -> Iterator[tuple[int, bytes]]:
+    """The lines that hold something, counted; a line too long is counted as malformed.
+    ``blank``: the bytes a skipped line may consist of (None: ASCII whitespace; b"": only
+    an empty line is skipped)."""
+    for n, line in numbered:
+        stats.lines += 1
+        if line is None:
+            stats.bad(path, n, "line too long")
+            continue
+        if line.strip(blank):
+            yield n, line
+
+
 def lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
     """(line number, bytes without the newline), or None for a line over MAX_LINE."""
     n = 0

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from ...parsers.dns import DnsAnswer, DnsMessage, answer_of, label_text, question_of
-from . import LogEvent, LogStats
+from . import LogEvent, LogStats, content
 
 PROTO = {"TCP": 6, "UDP": 17, "6": 6, "17": 17}
 _TARGET_TYPES = {"CNAME", "DNAME", "NS", "PTR"}
@@ -189,13 +189,7 @@ def read(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats,
     validated either: only lines that are not one JSON object, or records that could
     match, are reported as malformed.)"""
     seen = _Seen()
-    for n, line in lines:
-        stats.lines += 1
-        if line is None:
-            stats.bad(path, n, "line too long")
-            continue
-        if not line.strip():
-            continue
+    for n, line in content(path, lines, stats):
         # (only a line that looks like one JSON object: anything else is parsed, and counted
         # as malformed, whatever it holds)
         if anchors is not None and line[:1] == b"{" and line.rstrip()[-1:] == b"}" and not any(k in line for k in _ALWAYS):

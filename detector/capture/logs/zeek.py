@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...parsers.dns import DnsMessage, answer_of, question_of
-from . import LogEvent, LogStats
+from . import LogEvent, LogStats, content
 from .eve import address, parse_ts
 
 PROTO = {"tcp": 6, "udp": 17}
@@ -51,13 +51,7 @@ def read_tsv(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogSta
     sep, set_sep, empty, unset = b"\t", b",", b"(empty)", b"-"
     fields: list[str] = []
     log = "unknown"
-    for n, line in lines:
-        stats.lines += 1
-        if line is None:
-            stats.bad(path, n, "line too long")
-            continue
-        if not line:
-            continue
+    for n, line in content(path, lines, stats, blank=b""):
         if line.startswith(b"#"):
             key, _, value = line.partition(b" " if line.startswith(b"#separator") else sep)
             if key == b"#separator":
@@ -94,13 +88,7 @@ def read_tsv(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogSta
 
 
 def read_json(path: str, lines: Iterator[tuple[int, bytes | None]], stats: LogStats) -> Iterator[LogEvent]:
-    for n, line in lines:
-        stats.lines += 1
-        if line is None:
-            stats.bad(path, n, "line too long")
-            continue
-        if not line.strip():
-            continue
+    for n, line in content(path, lines, stats):
         try:
             rec = json.loads(line)
         except ValueError:
