@@ -20,6 +20,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from detector.capture.pcap import CaptureFile
 from detector.decode import transport
@@ -157,11 +158,12 @@ def _file(data: bytes, suffix: str) -> str:
     return path
 
 
-def capture_file(data: bytes) -> object:
-    """The pcap/pcapng reader (and its gzip/bzip2/xz front) on whole files."""
+def _read_whole_file(data: bytes, open_capture: Callable[[str], Any]) -> None:
+    """Write ``data`` to a file and read every record of it: only CaptureError (an
+    unreadable file) may escape; damage is a bounded warning."""
     path = _file(data, ".pcap")
     try:
-        with CaptureFile(path) as cf:
+        with open_capture(path) as cf:
             for _ in cf:
                 pass
             assert cf.warning is None or len(cf.warning) < 4096
@@ -169,27 +171,23 @@ def capture_file(data: bytes) -> object:
         pass
     finally:
         os.unlink(path)
+
+
+def capture_file(data: bytes) -> object:
+    """The pcap/pcapng reader (and its gzip/bzip2/xz front) on whole files."""
+    _read_whole_file(data, CaptureFile)
     return None
 
 
 def capture_file_core(data: bytes) -> object:
     """The compiled core's reader and classifier on whole files (skipped where the core is
-    not built): only CaptureError (an unreadable file) may escape; damage is a warning."""
+    not built)."""
     from detector import Detector
     from detector.capture import core
 
-    if not core.AVAILABLE:
-        return None
-    path = _file(data, ".pcap")
-    try:
-        with core.CoreCapture(path, _detector(Detector).matcher) as cc:  # type: ignore[attr-defined]
-            for _ in cc:
-                pass
-            assert cc.warning is None or len(cc.warning) < 4096
-    except CaptureError:
-        pass
-    finally:
-        os.unlink(path)
+    if core.AVAILABLE:
+        matcher = _detector(Detector).matcher  # type: ignore[attr-defined]
+        _read_whole_file(data, lambda path: core.CoreCapture(path, matcher))
     return None
 
 
