@@ -416,10 +416,13 @@ impl Classifier {
     /// as of this packet, forward = this packet's direction.
     #[allow(clippy::too_many_arguments)]
     fn count(&mut self, proto: u8, src: Addr, sport: u16, dst: Addr, dport: u16, len: u32, ts: f64, restart: bool) -> Counters {
-        let key = flow_key(proto, src, sport, dst, dport);
+        self.count_key(flow_key(proto, src, sport, dst, dport), src, sport, len, ts, restart)
+    }
+
+    fn count_key(&mut self, key: FlowKey, src: Addr, sport: u16, len: u32, ts: f64, restart: bool) -> Counters {
         let exists = self.flows.contains_key(&key);
         if exists && restart {
-            self.end_instance(key);
+            self.end_instance_as(key, Decision::Shed); // restarted undecided: nothing of interest
         }
         if !exists || restart {
             self.new_flow(key, (src, sport), ts);
@@ -478,11 +481,7 @@ impl Classifier {
         }
     }
 
-    /// A flow instance ends (restart, eviction): undecided, it had nothing of interest.
-    fn end_instance(&mut self, key: FlowKey) {
-        self.end_instance_as(key, Decision::Shed);
-    }
-
+    /// A flow instance ends (restart, eviction): if still undecided, decide it `d`.
     fn end_instance_as(&mut self, key: FlowKey, d: Decision) {
         if let Some(f) = self.flows.get(&key) {
             if f.state == Decision::Pending {
@@ -564,8 +563,8 @@ impl Classifier {
     #[allow(clippy::too_many_arguments)]
     fn tcp(&mut self, ts: f64, linktype: u32, data: &[u8], src: Addr, dst: Addr, len: u32, t: Tcp<'_>) {
         let restart = t.syn && !t.ack;
-        let c = self.count(6, src, t.sport, dst, t.dport, len, ts, restart);
         let key = flow_key(6, src, t.sport, dst, t.dport);
+        let c = self.count_key(key, src, t.sport, len, ts, restart);
         if t.payload.is_empty() && !(t.syn || t.fin || t.rst) {
             self.stats.pure_acks += 1;
             return;
