@@ -90,9 +90,7 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     res.warning = cf.warning
     res.state = state_counters(det)
     if isinstance(cf, core.CoreCapture):  # the core's own bounded tables
-        cs = cf.stats()
-        res.state.update({"core_flows_evicted": cs["flows_evicted"], "core_learned_evicted": cs["learned_evicted"],
-                          "core_forced": cs["forced"]})
+        res.state.update(core.state_counters(cf.stats()))
     return res
 
 

@@ -214,3 +214,80 @@ def test_a_gzip_bomb_is_stopped_by_the_core_too(tmp_path):
     assert res.fast and "decompression bomb" in (res.warning or "")
     assert "decompression bomb" in (res_slow.warning or "")
     assert fast and fast == slow
+
+
+def _bench_frames():
+    """The adversarial benchmark's frame builders (hand-built packets: floods and pauses no
+    real client produces on cue)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import adversarial
+    finally:
+        sys.path.pop(0)
+    return adversarial
+
+
+def _flood_then(tmp_path, tail_frames, n=30_000, step=1e-4):
+    """``n`` SYNs from distinct sources (never answered), then ``tail_frames``."""
+    adv = _bench_frames()
+    w = adv.Writer(str(tmp_path / "flood.pcap"))
+    ts = adv.T0
+    for i in range(n):
+        src = bytes([10, 77, (i >> 8) & 0xFF, i & 0xFF])
+        w.add(adv._tcp(src, 50000, adv.SERVER, 443, i * 7919, adv.SYN), ts)
+        ts += step
+    for frame in tail_frames(adv):
+        ts += step
+        w.add(frame, ts)
+    w.close()
+    return str(tmp_path / "flood.pcap")
+
+
+def test_a_syn_flood_stays_in_the_core_and_a_contact_after_it_is_reported(tmp_path):
+    """SYN-only flows that never finish are shed at the queue's bounds, not handed up; a
+    ClientHello after the flood (on a flow whose SYN sat in the flood) is still reported."""
+    c, s = bytes([192, 0, 2, 10]), bytes([198, 18, 0, 20])
+
+    def tail(adv):
+        hello = _client_hello(b"dnl-01.geo.kaspersky.com")
+        return [adv._tcp(c, 40000, s, 443, 1001, adv.ACK | adv.PSH, hello, ack=1)]
+
+    adv = _bench_frames()
+    path = _flood_then(tmp_path, lambda a: [adv._tcp(c, 40000, s, 443, 1000, adv.SYN)] + [
+        adv._tcp(bytes([10, 78, i >> 8, i & 0xFF]), 2000, adv.SERVER, 443, 1, adv.SYN) for i in range(25_000)
+    ] + tail(a))
+    with core.CoreCapture(path, Detector().matcher) as cc:
+        delivered = sum(1 for _ in cc)
+        st = cc.stats()
+    assert st["forced_shed"] > 50_000 - 20_000 - 100 and st["forced"] == 0
+    assert delivered == 1, "the flood's SYNs reached Python"
+    fast, _ = _run(path, exact=False)
+    slow, _ = _run(path, exact=True)
+    assert fast == slow and len(fast) == 1 and b"dnl-01.geo.kaspersky.com" in fast[0]
+
+
+def test_a_message_begun_before_a_flood_is_still_handed_up(tmp_path):
+    """A ClientHello whose first segment waits past the queue's bounds (30,000 packets of
+    flood in between) is handed up, not shed: Python needs that segment to read the SNI
+    that the second one completes."""
+    c, s = bytes([192, 0, 2, 11]), bytes([198, 18, 0, 21])
+    hello = _client_hello(b"a" * 60 + b".dnl-01.geo.kaspersky.com")
+    cut = 20  # the anchor label lies wholly in the second segment
+    adv = _bench_frames()
+    w = adv.Writer(str(tmp_path / "split.pcap"))
+    ts = adv.T0
+    w.add(adv._tcp(c, 40001, s, 443, 1000, adv.SYN), ts)
+    w.add(adv._tcp(c, 40001, s, 443, 1001, adv.ACK | adv.PSH, hello[:cut], ack=1), ts)
+    for i in range(30_000):
+        ts += 1e-4
+        w.add(adv._tcp(bytes([10, 79, i >> 8, i & 0xFF]), 3000, adv.SERVER, 443, 1, adv.SYN), ts)
+    w.add(adv._tcp(c, 40001, s, 443, 1001 + cut, adv.ACK | adv.PSH, hello[cut:], ack=1), ts + 0.001)
+    w.close()
+    path = str(tmp_path / "split.pcap")
+    with core.CoreCapture(path, Detector().matcher) as cc:
+        list(cc)
+        st = cc.stats()
+    assert st["forced"] >= 1 and st["forced_shed"] > 0
+    fast, _ = _run(path, exact=False)
+    slow, _ = _run(path, exact=True)
+    assert fast == slow and len(fast) == 1 and b"dnl-01.geo.kaspersky.com" in fast[0]

@@ -6,11 +6,14 @@ use _core::reader::CaptureReader;
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: scan FILE");
-    let anchors: Vec<Vec<u8>> = ["kaspersky", "kaspersky-labs", "avp", "ksn"].iter().map(|a| {
-        let mut v = vec![a.len() as u8];
-        v.extend_from_slice(a.as_bytes());
-        v
-    }).collect();
+    let anchors: Vec<Vec<u8>> = ["kaspersky", "kaspersky-labs", "avp", "ksn"]
+        .iter()
+        .map(|a| {
+            let mut v = vec![a.len() as u8];
+            v.extend_from_slice(a.as_bytes());
+            v
+        })
+        .collect();
     let t = Instant::now();
     let mut r = CaptureReader::open(&path).expect("open");
     let mut c = Classifier::new(Config {
@@ -44,5 +47,10 @@ fn main() {
         }
         (t2.elapsed(), m)
     };
-    eprintln!("{n} frames in {:?} (read alone {:?}); {:?}", t.elapsed(), read_only.0, c.stats);
+    eprintln!(
+        "{n} frames in {:?} (read alone {:?}); {:?}",
+        t.elapsed(),
+        read_only.0,
+        c.stats
+    );
 }

@@ -14,8 +14,12 @@
 //! anchor may sit in the second segment of a ClientHello). They wait in an ordered queue:
 //! the queue is released front to back, so Python sees a subsequence of the capture in
 //! capture order. A flow is decided `Deliver` when it becomes interesting and `Shed` when
-//! its head is complete (or it ends) without; a flow still undecided when the queue grows
-//! past its bounds is decided `Deliver` (never `Shed`: handing up more is always safe).
+//! its head is complete (or it ends) without. A flow still undecided when the queue grows
+//! past its bounds (or when the flow table evicts it) is handed up if Python may need what
+//! waits (a message begun and not finished, a stream out of order); if every direction has
+//! either sent nothing or already given Python all it reads (`Flow::needless`: a SYN flood,
+//! one-segment flows of another protocol), its waiting packets are shed instead and the
+//! flow goes on undecided, so a flood of flows that never finish stays in the core.
 //! A SYN without ACK starts a new flow on the same ports.
 
 use std::collections::VecDeque;
@@ -77,6 +81,9 @@ pub struct Stats {
     pub dns_prefiltered: u64,
     pub other_share: u64,
     pub forced: u64,
+    /// Undecided flows whose waiting packets were shed at a queue bound or an eviction:
+    /// nothing in them Python could use (see `Flow::needless`).
+    pub forced_shed: u64,
     pub flows: u64,
     pub flows_evicted: u64,
     pub learned: u64,
@@ -121,6 +128,18 @@ struct Flow {
     /// What each direction's stream is, for how much of it Python needs (see `Dir`).
     dirs: [Dir; 2],
     carry: [([u8; CARRY], u8); 2],
+}
+
+impl Flow {
+    /// Nothing waiting for this flow is of use to Python: each direction has sent no
+    /// payload yet, or has (in order) given Python every byte it reads of it with no anchor
+    /// in them. A SYN-only flow qualifies (Python follows a stream from its first data
+    /// segment); a message begun and not finished, or a gap, does not.
+    fn needless(&self) -> bool {
+        self.dirs
+            .iter()
+            .all(|d| d.kind == DirKind::Unknown || (d.synced && d.done))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,8 +212,16 @@ impl Classifier {
     pub fn new(cfg: Config) -> Classifier {
         let (dns_ac, text_ac, carry_len) = match &cfg.anchors {
             Some(a) if !a.is_empty() => {
-                let text: Vec<Vec<u8>> = a.iter().map(|x| x.get(1..).unwrap_or(&[]).to_vec()).collect();
-                let longest = text.iter().map(|t| t.len()).max().unwrap_or(1).clamp(1, CARRY);
+                let text: Vec<Vec<u8>> = a
+                    .iter()
+                    .map(|x| x.get(1..).unwrap_or(&[]).to_vec())
+                    .collect();
+                let longest = text
+                    .iter()
+                    .map(|t| t.len())
+                    .max()
+                    .unwrap_or(1)
+                    .clamp(1, CARRY);
                 (automaton(a), automaton(&text), longest - 1)
             }
             _ => (None, None, 0),
@@ -253,19 +280,37 @@ impl Classifier {
         if ts > self.now {
             self.now = ts;
         }
-        self.queue.push_back(Slot { rec, ts, inst, seq: self.seq });
+        self.queue.push_back(Slot {
+            rec,
+            ts,
+            inst,
+            seq: self.seq,
+        });
         if self.queue.len() as u64 > self.stats.queue_peak {
             self.stats.queue_peak = self.queue.len() as u64;
         }
     }
 
     fn record(ts: f64, linktype: u32, data: &[u8], counters: Option<Counters>) -> Record {
-        Record { ts, linktype, data: data.to_vec(), counters, learn_only: false }
+        Record {
+            ts,
+            linktype,
+            data: data.to_vec(),
+            counters,
+            learn_only: false,
+        }
     }
 
     fn learn(&mut self, client: Addr, payload: &[u8]) {
         for a in dns::answer_addresses(payload) {
-            let addr = Addr { v6: a.len() == 16, b: { let mut b = [0u8; 16]; b[..a.len()].copy_from_slice(&a); b } };
+            let addr = Addr {
+                v6: a.len() == 16,
+                b: {
+                    let mut b = [0u8; 16];
+                    b[..a.len()].copy_from_slice(&a);
+                    b
+                },
+            };
             if self.learned.insert((client, addr)) {
                 self.stats.learned += 1;
                 self.learned_order.push_back((client, addr));
@@ -303,13 +348,20 @@ impl Classifier {
                 }
                 return;
             }
-            Decoded::CutUdp { src, dst, sport, dport, len } => {
+            Decoded::CutUdp {
+                src,
+                dst,
+                sport,
+                dport,
+                len,
+            } => {
                 if self.mine(Some((src.last_byte(), dst.last_byte()))) {
                     self.stats.whole += 1;
                     // Python reads what is left of a cut DNS datagram (and counts it); any
                     // other cut datagram is undecodable to it, and not counted.
                     let dns = sport == DNS_PORT || dport == DNS_PORT;
-                    let c = (dns && !TUNNEL_PORTS.contains(&dport)).then(|| self.count(17, src, sport, dst, dport, len, ts, false));
+                    let c = (dns && !TUNNEL_PORTS.contains(&dport))
+                        .then(|| self.count(17, src, sport, dst, dport, len, ts, false));
                     self.enqueue(Self::record(ts, linktype, data, c), None);
                 } else {
                     self.stats.other_share += 1;
@@ -322,8 +374,16 @@ impl Classifier {
             self.stats.other_share += 1;
             // Another share's DNS: its answers name addresses this share's clients may use.
             let dns_payload = match &ip.l4 {
-                L4::Udp { sport, dport, payload } if *sport == DNS_PORT || *dport == DNS_PORT => Some(*payload),
-                L4::Tcp(t) if (t.sport == DNS_PORT || t.dport == DNS_PORT) && !t.payload.is_empty() => Some(t.payload),
+                L4::Udp {
+                    sport,
+                    dport,
+                    payload,
+                } if *sport == DNS_PORT || *dport == DNS_PORT => Some(*payload),
+                L4::Tcp(t)
+                    if (t.sport == DNS_PORT || t.dport == DNS_PORT) && !t.payload.is_empty() =>
+                {
+                    Some(t.payload)
+                }
                 _ => None,
             };
             if let Some(p) = dns_payload {
@@ -342,7 +402,11 @@ impl Classifier {
         }
         match ip.l4 {
             L4::Other => self.stats.shed += 1,
-            L4::Udp { sport, dport, payload } => {
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+            } => {
                 if TUNNEL_PORTS.contains(&dport) || TUNNEL_PORTS.contains(&sport) {
                     self.stats.whole += 1;
                     self.enqueue(Self::record(ts, linktype, data, None), None);
@@ -363,7 +427,8 @@ impl Classifier {
                     looks_like_quic_long_header(payload)
                         || self.udp_ports.contains(&dport)
                         || self.udp_ports.contains(&sport)
-                        || (DHCP_PORTS.contains(&sport) && DHCP_PORTS.contains(&dport)) // client names (inventory)
+                        || (DHCP_PORTS.contains(&sport) && DHCP_PORTS.contains(&dport))
+                    // client names (inventory)
                 };
                 if deliver {
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);
@@ -381,7 +446,12 @@ impl Classifier {
         if f.proto != 6 && f.proto != 17 {
             return None;
         }
-        let key = FragKey { src: f.src, dst: f.dst, id: f.id, proto: f.proto };
+        let key = FragKey {
+            src: f.src,
+            dst: f.dst,
+            id: f.id,
+            proto: f.proto,
+        };
         if !self.frags.contains_key(&key) {
             if self.frags.len() >= MAX_FRAGMENTED {
                 if let Some(old) = self.frag_order.pop_front() {
@@ -393,7 +463,10 @@ impl Classifier {
         }
         let acc = self.frags.get_mut(&key).expect("inserted");
         if f.offset == 0 && f.data.len() >= 4 {
-            acc.ports = Some((u16::from_be_bytes([f.data[0], f.data[1]]), u16::from_be_bytes([f.data[2], f.data[3]])));
+            acc.ports = Some((
+                u16::from_be_bytes([f.data[0], f.data[1]]),
+                u16::from_be_bytes([f.data[2], f.data[3]]),
+            ));
             acc.base_len = f.base_len;
         }
         if !f.more {
@@ -415,11 +488,36 @@ impl Classifier {
     /// Count the packet in its flow (a TCP SYN without ACK starts a new one); the counters
     /// as of this packet, forward = this packet's direction.
     #[allow(clippy::too_many_arguments)]
-    fn count(&mut self, proto: u8, src: Addr, sport: u16, dst: Addr, dport: u16, len: u32, ts: f64, restart: bool) -> Counters {
-        self.count_key(flow_key(proto, src, sport, dst, dport), src, sport, len, ts, restart)
+    fn count(
+        &mut self,
+        proto: u8,
+        src: Addr,
+        sport: u16,
+        dst: Addr,
+        dport: u16,
+        len: u32,
+        ts: f64,
+        restart: bool,
+    ) -> Counters {
+        self.count_key(
+            flow_key(proto, src, sport, dst, dport),
+            src,
+            sport,
+            len,
+            ts,
+            restart,
+        )
     }
 
-    fn count_key(&mut self, key: FlowKey, src: Addr, sport: u16, len: u32, ts: f64, restart: bool) -> Counters {
+    fn count_key(
+        &mut self,
+        key: FlowKey,
+        src: Addr,
+        sport: u16,
+        len: u32,
+        ts: f64,
+        restart: bool,
+    ) -> Counters {
         let exists = self.flows.contains_key(&key);
         if exists && restart {
             self.end_instance_as(key, Decision::Shed); // restarted undecided: nothing of interest
@@ -445,8 +543,14 @@ impl Classifier {
         while self.flows.len() >= self.cfg.max_flows.max(1) {
             match self.order.pop_front() {
                 Some((k, inst)) => {
-                    if self.flows.get(&k).map(|f| f.inst) == Some(inst) {
-                        self.end_instance_as(k, Decision::Deliver);
+                    if let Some(f) = self.flows.get(&k).filter(|f| f.inst == inst) {
+                        let d = if f.state == Decision::Pending && f.needless() {
+                            self.stats.forced_shed += 1;
+                            Decision::Shed
+                        } else {
+                            Decision::Deliver
+                        };
+                        self.end_instance_as(k, d);
                         self.flows.remove(&k);
                         self.stats.flows_evicted += 1;
                     }
@@ -477,7 +581,8 @@ impl Classifier {
         if self.order.len() > 4 * self.cfg.max_flows.max(16) {
             // Drop entries of flows that were restarted since (stale), keeping the order.
             let flows = &self.flows;
-            self.order.retain(|(k, i)| flows.get(k).map(|f| f.inst) == Some(*i));
+            self.order
+                .retain(|(k, i)| flows.get(k).map(|f| f.inst) == Some(*i));
         }
     }
 
@@ -557,11 +662,21 @@ impl Classifier {
     }
 
     fn learned_pair(&self, a: Addr, b: Addr) -> bool {
-        !self.learned.is_empty() && (self.learned.contains(&(a, b)) || self.learned.contains(&(b, a)))
+        !self.learned.is_empty()
+            && (self.learned.contains(&(a, b)) || self.learned.contains(&(b, a)))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn tcp(&mut self, ts: f64, linktype: u32, data: &[u8], src: Addr, dst: Addr, len: u32, t: Tcp<'_>) {
+    fn tcp(
+        &mut self,
+        ts: f64,
+        linktype: u32,
+        data: &[u8],
+        src: Addr,
+        dst: Addr,
+        len: u32,
+        t: Tcp<'_>,
+    ) {
         let restart = t.syn && !t.ack;
         let key = flow_key(6, src, t.sport, dst, t.dport);
         let c = self.count_key(key, src, t.sport, len, ts, restart);
@@ -624,7 +739,8 @@ impl Classifier {
                 let f = self.flows.get_mut(&key).expect("counted flow");
                 // A handshake still incomplete at the end of the flow head: hand the head up,
                 // so the summary says the stream never completed (and --exact helps).
-                let interesting = interesting || (wanted && f.head[d] == flow_head && f.dirs[d].cut_short());
+                let interesting =
+                    interesting || (wanted && f.head[d] == flow_head && f.dirs[d].cut_short());
                 let dir_done = |x: usize| f.head[x] >= flow_head || f.dirs[x].done;
                 let complete = (dir_done(0) && dir_done(1)) || t.rst || (f.fin[0] && f.fin[1]);
                 if interesting {
@@ -632,7 +748,11 @@ impl Classifier {
                     self.enqueue(Self::record(ts, linktype, data, Some(c)), None);
                 } else {
                     if wanted {
-                        self.pending.entry(inst).or_insert(Pend { decision: Decision::Pending, refs: 0, key });
+                        self.pending.entry(inst).or_insert(Pend {
+                            decision: Decision::Pending,
+                            refs: 0,
+                            key,
+                        });
                         self.enqueue(Self::record(ts, linktype, data, Some(c)), Some(inst));
                     } else {
                         self.stats.shed += 1;
@@ -654,7 +774,11 @@ impl Classifier {
             };
             let mut decision = match inst {
                 None => Decision::Deliver,
-                Some(i) => self.pending.get(&i).map(|p| p.decision).unwrap_or(Decision::Deliver),
+                Some(i) => self
+                    .pending
+                    .get(&i)
+                    .map(|p| p.decision)
+                    .unwrap_or(Decision::Deliver),
             };
             if decision == Decision::Pending {
                 let over = self.queue.len() > MAX_QUEUE_SLOTS
@@ -666,9 +790,29 @@ impl Classifier {
                 }
                 let i = inst.expect("pending slot has an instance");
                 let key = self.pending.get(&i).expect("pending entry").key;
-                self.decide(i, key, Decision::Deliver);
-                self.stats.forced += 1;
-                decision = Decision::Deliver;
+                let needless = self
+                    .flows
+                    .get(&key)
+                    .filter(|f| f.inst == i)
+                    .is_some_and(|f| f.needless());
+                if needless {
+                    // Shed what waits; the flow goes on undecided as a new instance, so
+                    // what it sends later is judged (and queued) afresh.
+                    self.decide(i, key, Decision::Shed);
+                    self.stats.forced_shed += 1;
+                    let inst = self.next_inst;
+                    self.next_inst += 1;
+                    if let Some(f) = self.flows.get_mut(&key) {
+                        f.inst = inst;
+                        f.state = Decision::Pending;
+                    }
+                    self.order.push_back((key, inst));
+                    decision = Decision::Shed;
+                } else {
+                    self.decide(i, key, Decision::Deliver);
+                    self.stats.forced += 1;
+                    decision = Decision::Deliver;
+                }
             }
             let slot = self.queue.pop_front().expect("front exists");
             self.queue_bytes -= slot.rec.data.len();
@@ -693,8 +837,12 @@ impl Classifier {
 
     /// End of input: flows still undecided had nothing of interest.
     pub fn finish(&mut self) {
-        let undecided: Vec<(u64, FlowKey)> =
-            self.pending.iter().filter(|(_, p)| p.decision == Decision::Pending).map(|(i, p)| (*i, p.key)).collect();
+        let undecided: Vec<(u64, FlowKey)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.decision == Decision::Pending)
+            .map(|(i, p)| (*i, p.key))
+            .collect();
         for (i, k) in undecided {
             self.decide(i, k, Decision::Shed);
         }
@@ -733,8 +881,17 @@ enum DirKind {
     Other,
 }
 
-const HTTP_METHODS: [&[u8]; 9] =
-    [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"CONNECT ", b"PATCH ", b"TRACE "];
+const HTTP_METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"PATCH ",
+    b"TRACE ",
+];
 const DECIDED_AFTER: u32 = 12;
 
 impl Dir {
@@ -750,7 +907,11 @@ impl Dir {
         if self.kind == DirKind::Unknown {
             self.kind = if payload[0] == 0x16 {
                 DirKind::Tls
-            } else if payload.len() < 8 || HTTP_METHODS.iter().any(|m| payload.starts_with(m) || m.starts_with(payload)) {
+            } else if payload.len() < 8
+                || HTTP_METHODS
+                    .iter()
+                    .any(|m| payload.starts_with(m) || m.starts_with(payload))
+            {
                 DirKind::Http // (or too short to tell: keep the whole head)
             } else {
                 DirKind::Other
@@ -806,9 +967,17 @@ impl Dir {
 
 fn flow_key(proto: u8, a: Addr, ap: u16, b: Addr, bp: u16) -> FlowKey {
     if (a, ap) <= (b, bp) {
-        FlowKey { proto, lo: (a, ap), hi: (b, bp) }
+        FlowKey {
+            proto,
+            lo: (a, ap),
+            hi: (b, bp),
+        }
     } else {
-        FlowKey { proto, lo: (b, bp), hi: (a, ap) }
+        FlowKey {
+            proto,
+            lo: (b, bp),
+            hi: (a, ap),
+        }
     }
 }
 

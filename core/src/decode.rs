@@ -37,7 +37,11 @@ pub struct Tcp<'a> {
 
 pub enum L4<'a> {
     Tcp(Tcp<'a>),
-    Udp { sport: u16, dport: u16, payload: &'a [u8] },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: &'a [u8],
+    },
     /// An IP protocol the detector does not inspect (ICMP, ESP, ...): nothing to hand up.
     Other,
 }
@@ -70,7 +74,13 @@ pub enum Decoded<'a> {
     Fragment(Fragment<'a>, Option<(u8, u8)>),
     /// A UDP datagram the snaplen cut (IP header whole): addresses, ports, the IP length
     /// from the header, and what was captured of the payload.
-    CutUdp { src: Addr, dst: Addr, sport: u16, dport: u16, len: u32 },
+    CutUdp {
+        src: Addr,
+        dst: Addr,
+        sport: u16,
+        dport: u16,
+        len: u32,
+    },
     /// Hand the frame to Python as captured; `share` are the outer addresses' last bytes
     /// when an IP header could be read (for `--jobs` shares), else None.
     Whole(Option<(u8, u8)>),
@@ -97,7 +107,11 @@ fn ip_offset(linktype: u32, d: &[u8]) -> Option<usize> {
             let af = if linktype == 0 {
                 // host byte order of the capturing machine: either reading is a family
                 let le = u32::from_le_bytes(b);
-                if le < 256 { le } else { u32::from_be_bytes(b) }
+                if le < 256 {
+                    le
+                } else {
+                    u32::from_be_bytes(b)
+                }
             } else {
                 u32::from_be_bytes(b)
             };
@@ -158,11 +172,19 @@ pub fn decode(linktype: u32, data: &[u8]) -> Decoded<'_> {
     let (src, dst, len) = match &ip {
         IpSlice::Ipv4(v4) => {
             let h = v4.header();
-            (addr(false, &h.source()), addr(false, &h.destination()), h.total_len() as u32)
+            (
+                addr(false, &h.source()),
+                addr(false, &h.destination()),
+                h.total_len() as u32,
+            )
         }
         IpSlice::Ipv6(v6) => {
             let h = v6.header();
-            (addr(true, &h.source()), addr(true, &h.destination()), 40 + h.payload_length() as u32)
+            (
+                addr(true, &h.source()),
+                addr(true, &h.destination()),
+                40 + h.payload_length() as u32,
+            )
         }
     };
     let payload = ip.payload();
@@ -181,7 +203,11 @@ pub fn decode(linktype: u32, data: &[u8]) -> Decoded<'_> {
             Err(_) => return Decoded::Whole(share),
         },
         IpNumber::UDP => match UdpSlice::from_slice(payload.payload) {
-            Ok(u) => L4::Udp { sport: u.source_port(), dport: u.destination_port(), payload: u.payload() },
+            Ok(u) => L4::Udp {
+                sport: u.source_port(),
+                dport: u.destination_port(),
+                payload: u.payload(),
+            },
             Err(_) => return Decoded::Whole(share),
         },
         n if n.0 == GRE => return Decoded::Whole(share),
@@ -237,11 +263,19 @@ fn cut_udp(ipb: &[u8]) -> Option<Decoded<'_>> {
     let (src, dst, len) = match &ip {
         etherparse::LaxIpSlice::Ipv4(v4) => {
             let h = v4.header();
-            (addr(false, &h.source()), addr(false, &h.destination()), h.total_len() as u32)
+            (
+                addr(false, &h.source()),
+                addr(false, &h.destination()),
+                h.total_len() as u32,
+            )
         }
         etherparse::LaxIpSlice::Ipv6(v6) => {
             let h = v6.header();
-            (addr(true, &h.source()), addr(true, &h.destination()), 40 + h.payload_length() as u32)
+            (
+                addr(true, &h.source()),
+                addr(true, &h.destination()),
+                40 + h.payload_length() as u32,
+            )
         }
     };
     let u = p.payload;
@@ -262,7 +296,20 @@ mod tests {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let total = 20 + 8 + payload.len();
-        f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         f.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 53]);
         let ulen = 8 + payload.len();
         f.extend_from_slice(&[0x9c, 0x40, 0, 53, (ulen >> 8) as u8, ulen as u8, 0, 0]);

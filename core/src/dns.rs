@@ -144,7 +144,10 @@ fn read_name(m: &[u8], mut p: usize, out: &mut Vec<(usize, usize)>) -> Option<us
 fn ends_with_tail(m: &[u8], labels: &[(usize, usize)], tails: &[Vec<Vec<u8>>]) -> bool {
     tails.iter().any(|t| {
         t.len() <= labels.len()
-            && t.iter().rev().zip(labels.iter().rev()).all(|(want, &(at, n))| m[at..at + n].eq_ignore_ascii_case(want))
+            && t.iter()
+                .rev()
+                .zip(labels.iter().rev())
+                .all(|(want, &(at, n))| m[at..at + n].eq_ignore_ascii_case(want))
     })
 }
 
@@ -157,7 +160,11 @@ pub fn may_name_a_tail(m: &[u8], tails: &[Vec<Vec<u8>>]) -> bool {
         return true;
     }
     let qd = u16::from_be_bytes([m[4], m[5]]) as usize;
-    let an = if m[2] & 0x80 != 0 { u16::from_be_bytes([m[6], m[7]]) as usize } else { 0 };
+    let an = if m[2] & 0x80 != 0 {
+        u16::from_be_bytes([m[6], m[7]]) as usize
+    } else {
+        0
+    };
     let mut labels = Vec::with_capacity(8);
     let mut p = 12;
     for _ in 0..qd.min(MAX_RECORDS) {
@@ -230,9 +237,18 @@ mod tail_tests {
 
     #[test]
     fn tails_are_label_boundaries() {
-        assert!(may_name_a_tail(&query(b"\x03upd\x09KASPERSKY\x03com\x00"), &tails()));
-        assert!(!may_name_a_tail(&query(b"\x09kaspersky\x03com\x04evil\x00"), &tails()));
-        assert!(!may_name_a_tail(&query(b"\x0cnotkaspersky\x03com\x00"), &tails()));
+        assert!(may_name_a_tail(
+            &query(b"\x03upd\x09KASPERSKY\x03com\x00"),
+            &tails()
+        ));
+        assert!(!may_name_a_tail(
+            &query(b"\x09kaspersky\x03com\x04evil\x00"),
+            &tails()
+        ));
+        assert!(!may_name_a_tail(
+            &query(b"\x0cnotkaspersky\x03com\x00"),
+            &tails()
+        ));
     }
 
     #[test]

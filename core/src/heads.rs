@@ -11,7 +11,8 @@
 use std::net::IpAddr;
 
 use tls_parser::{
-    parse_tls_client_hello_extensions, parse_tls_plaintext, SNIType, TlsExtension, TlsMessage, TlsMessageHandshake,
+    parse_tls_client_hello_extensions, parse_tls_plaintext, SNIType, TlsExtension, TlsMessage,
+    TlsMessageHandshake,
 };
 
 const ECH: u16 = 0xfe0d;
@@ -40,7 +41,9 @@ fn tls_named(p: &[u8]) -> bool {
             for e in &exts {
                 match e {
                     TlsExtension::SNI(names) => {
-                        named = names.iter().any(|(t, n)| *t == SNIType::HostName && !n.is_empty());
+                        named = names
+                            .iter()
+                            .any(|(t, n)| *t == SNIType::HostName && !n.is_empty());
                     }
                     TlsExtension::EncryptedServerName { .. } => return false,
                     TlsExtension::Unknown(t, _) if t.0 == ECH => return false,
@@ -63,7 +66,12 @@ fn http_named(p: &[u8]) -> bool {
     if req.method.is_none_or(|m| m.eq_ignore_ascii_case("CONNECT")) {
         return false;
     }
-    let hosts: Vec<&[u8]> = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value).collect();
+    let hosts: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .collect();
     if hosts.len() != 1 {
         return false; // none, or several: leave it to Python
     }
@@ -77,12 +85,16 @@ fn http_named(p: &[u8]) -> bool {
 /// `192.0.2.1`, `192.0.2.1:80`, `[2001:db8::1]`, `[2001:db8::1]:80`, a bare IPv6 address.
 fn is_ip_literal(host: &str) -> bool {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().is_some_and(|a| a.parse::<IpAddr>().is_ok());
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|a| a.parse::<IpAddr>().is_ok());
     }
     if host.parse::<IpAddr>().is_ok() {
         return true;
     }
-    host.rsplit_once(':').is_some_and(|(a, _)| a.parse::<IpAddr>().is_ok())
+    host.rsplit_once(':')
+        .is_some_and(|(a, _)| a.parse::<IpAddr>().is_ok())
 }
 
 #[cfg(test)]
@@ -132,11 +144,19 @@ mod tests {
 
     #[test]
     fn http_host() {
-        assert!(names_its_host(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"));
-        assert!(!names_its_host(b"GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\n\r\n"));
-        assert!(!names_its_host(b"GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n"));
+        assert!(names_its_host(
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        ));
+        assert!(!names_its_host(
+            b"GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\n\r\n"
+        ));
+        assert!(!names_its_host(
+            b"GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n"
+        ));
         assert!(!names_its_host(b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n"));
-        assert!(!names_its_host(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"));
+        assert!(!names_its_host(
+            b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"
+        ));
         assert!(!names_its_host(b"GET / HTTP/1.1\r\nHost: example.com\r\n"));
         assert!(!names_its_host(b"\x00\x01binary"));
     }

@@ -40,18 +40,35 @@ mod python {
             }
         }
         if flow_head == 0 || max_flows == 0 {
-            return Err(PyValueError::new_err("flow_head and max_flows must be positive"));
+            return Err(PyValueError::new_err(
+                "flow_head and max_flows must be positive",
+            ));
         }
-        Ok(Config { anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part })
+        Ok(Config {
+            anchors,
+            tails,
+            tcp_ports,
+            udp_ports,
+            flow_head,
+            max_flows,
+            part,
+        })
     }
 
     fn to_py<'py>(py: Python<'py>, recs: Vec<Record>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         for r in recs {
             let counters: Bound<'py, PyAny> = match r.counters {
-                Some(c) => {
-                    (c.start, c.pkts_fwd, c.bytes_fwd, c.pkts_rev, c.bytes_rev, c.to_server).into_pyobject(py)?.into_any()
-                }
+                Some(c) => (
+                    c.start,
+                    c.pkts_fwd,
+                    c.bytes_fwd,
+                    c.pkts_rev,
+                    c.bytes_rev,
+                    c.to_server,
+                )
+                    .into_pyobject(py)?
+                    .into_any(),
                 None => py.None().into_bound(py),
             };
             let t = PyTuple::new(
@@ -61,7 +78,9 @@ mod python {
                     r.linktype.into_pyobject(py)?.into_any(),
                     PyBytes::new(py, &r.data).into_any(),
                     counters,
-                    pyo3::types::PyBool::new(py, r.learn_only).to_owned().into_any(),
+                    pyo3::types::PyBool::new(py, r.learn_only)
+                        .to_owned()
+                        .into_any(),
                 ],
             )?;
             list.append(t)?;
@@ -79,6 +98,7 @@ mod python {
         d.set_item("dns_prefiltered", s.dns_prefiltered)?;
         d.set_item("other_share", s.other_share)?;
         d.set_item("forced", s.forced)?;
+        d.set_item("forced_shed", s.forced_shed)?;
         d.set_item("flows", s.flows)?;
         d.set_item("flows_open", open)?;
         d.set_item("flows_evicted", s.flows_evicted)?;
@@ -114,16 +134,28 @@ mod python {
             part: Option<(u32, u32)>,
             tails: Option<Vec<Vec<Vec<u8>>>>,
         ) -> PyResult<Self> {
-            let cfg = config(anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part)?;
-            let reader = CaptureReader::open(path).map_err(|e| PyOSError::new_err(format!("{path}: {e}")))?;
-            Ok(Scanner { reader, cls: Classifier::new(cfg), finished: false })
+            let cfg = config(
+                anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part,
+            )?;
+            let reader = CaptureReader::open(path)
+                .map_err(|e| PyOSError::new_err(format!("{path}: {e}")))?;
+            Ok(Scanner {
+                reader,
+                cls: Classifier::new(cfg),
+                finished: false,
+            })
         }
 
         /// Up to `max` records `(ts, linktype, frame, counters|None, learn_only)`, after reading
         /// at most `read` more frames of the file (so progress can be shown): the list may be
         /// empty before the end; `done` says when the file is through.
         #[pyo3(signature = (max, read=262_144))]
-        fn next_batch<'py>(&mut self, py: Python<'py>, max: usize, read: usize) -> PyResult<Bound<'py, PyList>> {
+        fn next_batch<'py>(
+            &mut self,
+            py: Python<'py>,
+            max: usize,
+            read: usize,
+        ) -> PyResult<Bound<'py, PyList>> {
             let max = max.max(1);
             let recs = py.detach(|| {
                 let mut out = Vec::with_capacity(max.min(65_536));
@@ -178,7 +210,9 @@ mod python {
             let z = if self.reader.decompression_bomb() {
                 Some("compressed data expands more than 200:1: a decompression bomb? rest skipped")
             } else {
-                self.reader.compressed_damage().then_some("compressed data ends early or is corrupt")
+                self.reader
+                    .compressed_damage()
+                    .then_some("compressed data ends early or is corrupt")
             };
             match (self.reader.warning.clone(), z) {
                 (Some(w), Some(z)) => Some(format!("{z}; {w}")),
@@ -222,12 +256,20 @@ mod python {
             max_flows: usize,
             tails: Option<Vec<Vec<Vec<u8>>>>,
         ) -> PyResult<Self> {
-            let cfg = config(anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, None)?;
-            Ok(PyClassifier { cls: Classifier::new(cfg) })
+            let cfg = config(
+                anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, None,
+            )?;
+            Ok(PyClassifier {
+                cls: Classifier::new(cfg),
+            })
         }
 
         /// Feed `(ts, linktype, frame)` tuples; returns the records now ready.
-        fn push_many<'py>(&mut self, py: Python<'py>, frames: Vec<(f64, u32, Vec<u8>)>) -> PyResult<Bound<'py, PyList>> {
+        fn push_many<'py>(
+            &mut self,
+            py: Python<'py>,
+            frames: Vec<(f64, u32, Vec<u8>)>,
+        ) -> PyResult<Bound<'py, PyList>> {
             let recs = py.detach(|| {
                 for (ts, lt, data) in &frames {
                     self.cls.push(*ts, *lt, data);

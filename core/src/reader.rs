@@ -101,7 +101,9 @@ impl<R: Read> Read for Tolerant<R> {
         match self.inner.read(buf) {
             Ok(n) => {
                 self.out += n as u64;
-                if self.out > RATIO_AFTER && self.out > MAX_RATIO * self.packed.load(Ordering::Relaxed).max(1) {
+                if self.out > RATIO_AFTER
+                    && self.out > MAX_RATIO * self.packed.load(Ordering::Relaxed).max(1)
+                {
                     self.bomb.store(true, Ordering::Relaxed);
                     return Ok(0);
                 }
@@ -151,28 +153,42 @@ impl CaptureReader {
     pub fn open(path: &str) -> Result<CaptureReader, String> {
         let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let mut magic = [0u8; 2];
-        let n = f.read(&mut magic).map_err(|e| format!("cannot read: {e}"))?;
+        let n = f
+            .read(&mut magic)
+            .map_err(|e| format!("cannot read: {e}"))?;
         drop(f);
         let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let gz = n == 2 && magic == [0x1f, 0x8b];
         if !gz {
             let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-            let file_len = f.metadata().map(|m| if m.is_file() { m.len() } else { 0 }).unwrap_or(0);
+            let file_len = f
+                .metadata()
+                .map(|m| if m.is_file() { m.len() } else { 0 })
+                .unwrap_or(0);
             if file_len > 0 {
                 let first = file_len.min(WINDOW as u64) as usize;
                 if let Ok(map) = map_file(&f, 0, first) {
                     let head: &[u8] = &map[..map.len().min(4)];
                     let ng = match head {
                         [0x0a, 0x0d, 0x0d, 0x0a] => Some(true),
-                        [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0xc3, 0xd4] | [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d] => {
-                            Some(false)
-                        }
+                        [0xd4, 0xc3, 0xb2, 0xa1]
+                        | [0xa1, 0xb2, 0xc3, 0xd4]
+                        | [0x4d, 0x3c, 0xb2, 0xa1]
+                        | [0xa1, 0xb2, 0x3c, 0x4d] => Some(false),
                         _ => None,
                     };
                     if ng.is_some() {
                         let empty: Box<dyn Read + Send> = Box::new(std::io::empty());
                         let mut r = Self::from_reader_unchecked(empty)?;
-                        r.mapped = Some(Mapped { file: f, file_len, win_start: 0, map, pos: 0, ng: None, big_endian: false });
+                        r.mapped = Some(Mapped {
+                            file: f,
+                            file_len,
+                            win_start: 0,
+                            map,
+                            pos: 0,
+                            ng: None,
+                            big_endian: false,
+                        });
                         return Ok(r);
                     }
                 }
@@ -182,9 +198,18 @@ impl CaptureReader {
         let bomb = Arc::new(AtomicBool::new(false));
         let source: Box<dyn Read + Send> = if gz {
             let packed = Arc::new(AtomicU64::new(0));
-            let counted = Counting { inner: f, n: packed.clone() };
+            let counted = Counting {
+                inner: f,
+                n: packed.clone(),
+            };
             let z = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, counted));
-            Box::new(Tolerant { inner: z, broken: broken.clone(), bomb: bomb.clone(), packed, out: 0 })
+            Box::new(Tolerant {
+                inner: z,
+                broken: broken.clone(),
+                bomb: bomb.clone(),
+                packed,
+                out: 0,
+            })
         } else {
             Box::new(f)
         };
@@ -212,17 +237,29 @@ impl CaptureReader {
     fn from_reader_unchecked(source: Box<dyn Read + Send>) -> Result<CaptureReader, String> {
         // A placeholder stream reader (never read) beside a mapped file: a tiny valid header.
         let _ = source;
-        let hdr: &'static [u8] = &[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0];
+        let hdr: &'static [u8] = &[
+            0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0,
+            0,
+        ];
         Self::from_reader(Box::new(hdr), false)
     }
 
-    pub fn from_reader(source: Box<dyn Read + Send>, compressed: bool) -> Result<CaptureReader, String> {
+    pub fn from_reader(
+        source: Box<dyn Read + Send>,
+        compressed: bool,
+    ) -> Result<CaptureReader, String> {
         let inner = match create_reader(START_BUFFER, source) {
             Ok(r) => r,
             Err(PcapError::Eof) => return Err("empty file, not a capture".into()),
-            Err(PcapError::HeaderNotRecognized) => return Err("not a pcap or pcapng capture".into()),
+            Err(PcapError::HeaderNotRecognized) => {
+                return Err("not a pcap or pcapng capture".into())
+            }
             Err(PcapError::ReadError) => {
-                return Err(if compressed { "compressed data is corrupt".into() } else { "read error".into() })
+                return Err(if compressed {
+                    "compressed data is corrupt".into()
+                } else {
+                    "read error".into()
+                })
             }
             Err(e) => return Err(format!("not a pcap or pcapng capture ({e:?})")),
         };
@@ -298,8 +335,15 @@ impl CaptureReader {
                         if now == 0 {
                             self.done = true;
                         } else {
-                            let what = if self.format == "pcapng" { "a block" } else { "a packet" };
-                            self.warn(format!("file cut inside {what} after {} records (offset {})", self.records, self.offset));
+                            let what = if self.format == "pcapng" {
+                                "a block"
+                            } else {
+                                "a packet"
+                            };
+                            self.warn(format!(
+                                "file cut inside {what} after {} records (offset {})",
+                                self.records, self.offset
+                            ));
                         }
                         return None;
                     }
@@ -321,7 +365,10 @@ impl CaptureReader {
                     let _ = self.inner.refill();
                 }
                 Step::Cut => {
-                    self.warn(format!("file cut inside a record after {} records (offset {})", self.records, self.offset));
+                    self.warn(format!(
+                        "file cut inside a record after {} records (offset {})",
+                        self.records, self.offset
+                    ));
                     return None;
                 }
                 Step::Damaged(e) => {
@@ -373,13 +420,18 @@ impl CaptureReader {
                     Ok((r, h)) if !h.is_modified_format() => {
                         m.ng = Some(false);
                         m.big_endian = h.is_bigendian();
-                        (rest.len() - r.len(), Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision()))
+                        (
+                            rest.len() - r.len(),
+                            Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision()),
+                        )
                     }
                     _ if rest.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) => {
                         m.ng = Some(true);
                         continue;
                     }
-                    Ok(_) => return self.stop("a modified pcap format this reader does not take".into()),
+                    Ok(_) => {
+                        return self.stop("a modified pcap format this reader does not take".into())
+                    }
                     Err(_) => return self.stop("file ends inside the pcap file header".into()),
                 },
                 Some(false) => {
@@ -389,23 +441,37 @@ impl CaptureReader {
                         pcap_parser::parse_pcap_frame(rest)
                     };
                     match res {
-                        Ok((r, b)) => (rest.len() - r.len(), describe(base, false, PcapBlockOwned::Legacy(b))),
-                        Err(_) if rest.len() >= 16 && le_or_be_u32(&rest[8..12], m.big_endian) as usize > MAX_RECORD => {
+                        Ok((r, b)) => (
+                            rest.len() - r.len(),
+                            describe(base, false, PcapBlockOwned::Legacy(b)),
+                        ),
+                        Err(_)
+                            if rest.len() >= 16
+                                && le_or_be_u32(&rest[8..12], m.big_endian) as usize
+                                    > MAX_RECORD =>
+                        {
                             let off = m.win_start as usize + m.pos;
                             self.offset = off as u64;
                             return self.stop(self.impossible());
                         }
                         Err(_) => {
                             let (n, off) = (self.records, m.win_start + m.pos as u64);
-                            let what = if rest.len() < 16 { "a record header" } else { "a packet" };
-                            return self.stop(format!("file cut inside {what} after {n} records (offset {off})"));
+                            let what = if rest.len() < 16 {
+                                "a record header"
+                            } else {
+                                "a packet"
+                            };
+                            return self.stop(format!(
+                                "file cut inside {what} after {n} records (offset {off})"
+                            ));
                         }
                     }
                 }
                 Some(true) => {
                     let be = m.big_endian;
                     let res = if rest.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-                        pcap_parser::pcapng::parse_sectionheaderblock(rest).map(|(r, s)| (r, Block::SectionHeader(s)))
+                        pcap_parser::pcapng::parse_sectionheaderblock(rest)
+                            .map(|(r, s)| (r, Block::SectionHeader(s)))
                     } else if be {
                         pcap_parser::pcapng::parse_block_be(rest)
                     } else {
@@ -490,8 +556,10 @@ impl CaptureReader {
 
     fn bad_block(&mut self) {
         if self.warning.is_none() {
-            self.warning =
-                Some(format!("pcapng packet block with a bad interface or length after {} records", self.records));
+            self.warning = Some(format!(
+                "pcapng packet block with a bad interface or length after {} records",
+                self.records
+            ));
         }
     }
 
@@ -547,16 +615,28 @@ fn span(base: usize, data: &[u8], len: usize) -> Option<(usize, usize)> {
 fn obsolete(base: usize, body: &[u8], be: bool) -> Option<Packet> {
     let u16_at = |p: usize| -> Option<u32> {
         let b = body.get(p..p + 2)?;
-        Some(if be { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) } as u32)
+        Some(if be {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        } as u32)
     };
     let u32_at = |p: usize| -> Option<u32> {
         let b: [u8; 4] = body.get(p..p + 4)?.try_into().ok()?;
-        Some(if be { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Some(if be {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     };
     let ifid = u16_at(0)?;
     let (tsh, tsl, cap) = (u32_at(4)?, u32_at(8)?, u32_at(12)? as usize);
     let (start, len) = span(base, body.get(20..)?, cap)?;
-    Some(Packet { start, len, source: Source::Iface(ifid, ((tsh as u64) << 32) | tsl as u64) })
+    Some(Packet {
+        start,
+        len,
+        source: Source::Iface(ifid, ((tsh as u64) << 32) | tsl as u64),
+    })
 }
 
 enum Applied {
@@ -587,16 +667,23 @@ enum Kind {
 
 fn describe(base: usize, be: bool, block: PcapBlockOwned<'_>) -> Kind {
     match block {
-        PcapBlockOwned::LegacyHeader(h) => Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision()),
+        PcapBlockOwned::LegacyHeader(h) => {
+            Kind::LegacyHeader(h.network.0 as u32, h.is_nanosecond_precision())
+        }
         PcapBlockOwned::Legacy(b) => match span(base, b.data, b.caplen as usize) {
-            Some((start, len)) => Kind::Packet(Packet { start, len, source: Source::Legacy(b.ts_sec, b.ts_usec) }),
+            Some((start, len)) => Kind::Packet(Packet {
+                start,
+                len,
+                source: Source::Legacy(b.ts_sec, b.ts_usec),
+            }),
             None => Kind::BadPacket(true),
         },
         PcapBlockOwned::NG(Block::SectionHeader(s)) => Kind::Section(s.big_endian()),
         PcapBlockOwned::NG(Block::InterfaceDescription(i)) => {
             Kind::Interface(i.linktype.0 as u32 & 0xffff, i.if_tsresol, i.if_tsoffset)
         }
-        PcapBlockOwned::NG(Block::EnhancedPacket(b)) => match span(base, b.data, b.caplen as usize) {
+        PcapBlockOwned::NG(Block::EnhancedPacket(b)) => match span(base, b.data, b.caplen as usize)
+        {
             Some((start, len)) => Kind::Packet(Packet {
                 start,
                 len,
@@ -607,14 +694,20 @@ fn describe(base: usize, be: bool, block: PcapBlockOwned<'_>) -> Kind {
         PcapBlockOwned::NG(Block::SimplePacket(b)) => {
             let cap = (b.origlen as usize).min(b.data.len());
             match span(base, b.data, cap) {
-                Some((start, len)) => Kind::Packet(Packet { start, len, source: Source::First }),
+                Some((start, len)) => Kind::Packet(Packet {
+                    start,
+                    len,
+                    source: Source::First,
+                }),
                 None => Kind::BadPacket(false),
             }
         }
-        PcapBlockOwned::NG(Block::Unknown(u)) if u.block_type == 2 => match obsolete(base, u.data, be) {
-            Some(p) => Kind::Packet(p),
-            None => Kind::BadPacket(false),
-        },
+        PcapBlockOwned::NG(Block::Unknown(u)) if u.block_type == 2 => {
+            match obsolete(base, u.data, be) {
+                Some(p) => Kind::Packet(p),
+                None => Kind::BadPacket(false),
+            }
+        }
         PcapBlockOwned::NG(_) => Kind::Other,
     }
 }

@@ -33,12 +33,17 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "pcap" || x == "pcapng" || x == "gz") {
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "pcap" || x == "pcapng" || x == "gz")
+            {
                 if let Ok(b) = std::fs::read(&p) {
                     out.push((p.display().to_string(), b));
                 }
@@ -52,7 +57,10 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 fn classifier() -> Classifier {
     Classifier::new(Config {
         anchors: Some(vec![b"\x09kaspersky".to_vec(), b"\x03avp".to_vec()]),
-        tails: Some(vec![vec![b"kaspersky".to_vec(), b"com".to_vec()], vec![b"avp".to_vec(), b"ru".to_vec()]]),
+        tails: Some(vec![
+            vec![b"kaspersky".to_vec(), b"com".to_vec()],
+            vec![b"avp".to_vec(), b"ru".to_vec()],
+        ]),
         tcp_ports: vec![13000, 14000],
         udp_ports: vec![13000],
         flow_head: 4,
@@ -73,7 +81,8 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, pool: &[(String, Vec<u8>)]) {
             2 => data.truncate(at),
             3 => {
                 // a lying 32-bit length somewhere
-                let v = [0u32, 0xffff_ffff, 0x7fff_ffff, 1 << 20, 65535][rng.below(5)].to_le_bytes();
+                let v =
+                    [0u32, 0xffff_ffff, 0x7fff_ffff, 1 << 20, 65535][rng.below(5)].to_le_bytes();
                 for (i, b) in v.iter().enumerate() {
                     if at + i < data.len() {
                         data[at + i] = *b;
@@ -118,7 +127,10 @@ fn run_file(path: &std::path::Path) {
 fn mutated_captures_never_panic() {
     let pool = seeds();
     assert!(!pool.is_empty(), "seed captures under pcaps/");
-    let iters: usize = std::env::var("KD_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let iters: usize = std::env::var("KD_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     let dir = std::env::temp_dir().join(format!("kd-core-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -136,7 +148,11 @@ fn mutated_captures_never_panic() {
 #[test]
 fn mutated_frames_never_panic() {
     let pool = seeds();
-    let iters: usize = std::env::var("KD_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(600) * 50;
+    let iters: usize = std::env::var("KD_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600)
+        * 50;
     let mut rng = Rng(0xfeed_0000_1111_2222);
     // frames from the seeds, mutated one by one through one classifier (state carries over)
     let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -155,7 +171,8 @@ fn mutated_frames_never_panic() {
     for i in 0..iters {
         let (lt, f) = &frames[rng.below(frames.len())];
         let mut f = f.clone();
-        let empty: Vec<(String, Vec<u8>)> = vec![(String::new(), frames[rng.below(frames.len())].1.clone())];
+        let empty: Vec<(String, Vec<u8>)> =
+            vec![(String::new(), frames[rng.below(frames.len())].1.clone())];
         mutate(&mut rng, &mut f, &empty);
         c.push(i as f64, *lt, &f);
         if i % 64 == 0 {

@@ -64,6 +64,13 @@ def usable(path: str) -> bool:
     return magic in PCAP_MAGICS or magic == PCAPNG_SHB
 
 
+def state_counters(cs: dict[str, int]) -> dict[str, int]:
+    """The core's bounded-table counters from its ``stats()``, under the names the summary
+    and the metrics use (``bounds.EVICTIONS``)."""
+    return {"core_flows_evicted": cs["flows_evicted"], "core_learned_evicted": cs["learned_evicted"],
+            "core_forced": cs["forced"], "core_forced_shed": cs["forced_shed"]}
+
+
 def prefilter(matcher: Matcher) -> tuple[tuple[bytes, ...] | None, list[list[bytes]] | None]:
     """The anchors and DNS tails the core filters with. Reverse lookups (PTR) go to Python
     too: their answers name internal hosts for the inventory (hostnames.py), as the

@@ -308,9 +308,7 @@ class Worker:
         }
         out.update({f"state_{k}": v for k, v in bounds.state(det).items()})  # every bounded table
         if self.core is not None:
-            cs = self.core.stats()
-            out.update(state_core_flows_evicted=cs["flows_evicted"], state_core_learned_evicted=cs["learned_evicted"],
-                       state_core_forced=cs["forced"])
+            out.update({f"state_{k}": v for k, v in core.state_counters(self.core.stats()).items()})
         return out
 
     def _control(self) -> bool:
