@@ -73,6 +73,7 @@ EVICTIONS = {
     "core_flows_evicted": "compiled core: flow table full",
     "core_learned_evicted": "compiled core: learned-address table full",
     "core_forced": "compiled core: undecided flows handed up at a queue bound",
+    "core_frags_shed": "compiled core: fragmented IP datagrams that never completed",
     "core_forced_shed": "compiled core: undecided flows' waiting packets shed at a bound (nothing Python reads)",
     "dns_txns_evicted": "DNS transaction table full",
 }

@@ -291,3 +291,30 @@ def test_a_message_begun_before_a_flood_is_still_handed_up(tmp_path):
     fast, _ = _run(path, exact=False)
     slow, _ = _run(path, exact=True)
     assert fast == slow and len(fast) == 1 and b"dnl-01.geo.kaspersky.com" in fast[0]
+
+
+def test_fragments_that_never_complete_stay_in_the_core(tmp_path):
+    """Hand-built: 20,000 first fragments that never complete (a memory and CPU attack no
+    real client makes), then a DNS query split in two fragments that does complete. Only the
+    complete datagram's fragments reach Python; the query is reported."""
+    adv = _bench_frames()
+    c = bytes([192, 0, 2, 12])
+    w = adv.Writer(str(tmp_path / "frag.pcap"))
+    ts = adv.T0
+    for i in range(20_000):
+        ts += 1e-4
+        udp = struct.pack("!HHHH", 5000, 53, 1480, 0) + bytes(1472)
+        w.add(adv._ip4(bytes([10, 80, i >> 8, i & 0xFF]), adv.RESOLVER, 17, udp, ident=i, frag=0x2000), ts)
+    query = adv.dns_query(77, "dnl-02.geo.kaspersky.com")
+    udp = struct.pack("!HHHH", 5353, 53, 8 + len(query), 0) + query
+    w.add(adv._ip4(c, adv.RESOLVER, 17, udp[:24], ident=999, frag=0x2000), ts + 0.001)  # offset 0, more
+    w.add(adv._ip4(c, adv.RESOLVER, 17, udp[24:], ident=999, frag=3), ts + 0.002)  # offset 24 bytes
+    w.close()
+    path = str(tmp_path / "frag.pcap")
+    with core.CoreCapture(path, Detector().matcher) as cc:
+        delivered = sum(1 for _ in cc)
+        st = cc.stats()
+    assert delivered == 2 and st["frags_shed"] == 20_000
+    fast, _ = _run(path, exact=False)
+    slow, _ = _run(path, exact=True)
+    assert fast == slow and len(fast) == 1 and b"dnl-02.geo.kaspersky.com" in fast[0]

@@ -84,6 +84,8 @@ pub struct Stats {
     /// Undecided flows whose waiting packets were shed at a queue bound or an eviction:
     /// nothing in them Python could use (see `Flow::needless`).
     pub forced_shed: u64,
+    /// IP datagrams whose fragments were shed: never complete (evicted, or past a bound).
+    pub frags_shed: u64,
     pub flows: u64,
     pub flows_evicted: u64,
     pub learned: u64,
@@ -152,6 +154,8 @@ struct FragKey {
 
 #[derive(Default)]
 struct FragAcc {
+    /// The pending instance its fragments wait under in the queue.
+    inst: u64,
     ports: Option<(u16, u16)>,
     total: Option<u32>,
     got: u32,
@@ -162,6 +166,8 @@ struct Pend {
     decision: Decision,
     refs: u32,
     key: FlowKey,
+    /// The fragments of one IP datagram (not a flow): handed up once it is whole.
+    frag: bool,
 }
 
 struct Slot {
@@ -341,8 +347,8 @@ impl Classifier {
             Decoded::Fragment(frag, share) => {
                 if self.mine(share) {
                     self.stats.whole += 1;
-                    let c = self.fragment(ts, &frag);
-                    self.enqueue(Self::record(ts, linktype, data, c), None);
+                    let (c, inst) = self.fragment(ts, &frag);
+                    self.enqueue(Self::record(ts, linktype, data, c), inst);
                 } else {
                     self.stats.other_share += 1;
                 }
@@ -440,11 +446,14 @@ impl Classifier {
         }
     }
 
-    /// A fragment: when the datagram's bytes are all here, count it in its flow (as Python
-    /// does once it has reassembled it) and hand the counters up with this fragment.
-    fn fragment(&mut self, ts: f64, f: &Fragment<'_>) -> Option<Counters> {
+    /// A TCP or UDP fragment waits in the queue under its datagram's instance: when the
+    /// datagram's bytes are all here, count it in its flow (as Python does once it has
+    /// reassembled it), hand the counters up with this fragment and deliver all its
+    /// fragments; a datagram that never completes (evicted, or waiting past a queue bound)
+    /// is shed, as Python would drop it. Other protocols' fragments go up at once.
+    fn fragment(&mut self, ts: f64, f: &Fragment<'_>) -> (Option<Counters>, Option<u64>) {
         if f.proto != 6 && f.proto != 17 {
-            return None;
+            return (None, None);
         }
         let key = FragKey {
             src: f.src,
@@ -455,13 +464,34 @@ impl Classifier {
         if !self.frags.contains_key(&key) {
             if self.frags.len() >= MAX_FRAGMENTED {
                 if let Some(old) = self.frag_order.pop_front() {
-                    self.frags.remove(&old);
+                    if let Some(acc) = self.frags.remove(&old) {
+                        self.frag_done(acc.inst, Decision::Shed);
+                    }
                 }
             }
-            self.frags.insert(key, FragAcc::default());
+            let inst = self.next_inst;
+            self.next_inst += 1;
+            let fk = flow_key(f.proto, f.src, 0, f.dst, 0);
+            self.pending.insert(
+                inst,
+                Pend {
+                    decision: Decision::Pending,
+                    refs: 0,
+                    key: fk,
+                    frag: true,
+                },
+            );
+            self.frags.insert(
+                key,
+                FragAcc {
+                    inst,
+                    ..FragAcc::default()
+                },
+            );
             self.frag_order.push_back(key);
         }
         let acc = self.frags.get_mut(&key).expect("inserted");
+        let inst = acc.inst;
         if f.offset == 0 && f.data.len() >= 4 {
             acc.ports = Some((
                 u16::from_be_bytes([f.data[0], f.data[1]]),
@@ -475,19 +505,31 @@ impl Classifier {
         acc.got = acc.got.saturating_add(f.data.len() as u32);
         let (ports, total) = match (acc.ports, acc.total) {
             (Some(p), Some(t)) if acc.got >= t => (p, t),
-            _ => return None,
+            _ => return (None, Some(inst)),
         };
         let len = acc.base_len + total;
         self.frags.remove(&key);
+        self.frag_done(inst, Decision::Deliver);
         if f.proto == 17 && TUNNEL_PORTS.contains(&ports.1) {
-            return None;
+            return (None, Some(inst));
         }
-        Some(self.count(f.proto, f.src, ports.0, f.dst, ports.1, len, ts, false))
+        (
+            Some(self.count(f.proto, f.src, ports.0, f.dst, ports.1, len, ts, false)),
+            Some(inst),
+        )
     }
 
-    /// Count the packet in its flow (a TCP SYN without ACK starts a new one); the counters
-    /// as of this packet, forward = this packet's direction.
-    #[allow(clippy::too_many_arguments)]
+    fn frag_done(&mut self, inst: u64, d: Decision) {
+        if let Some(p) = self.pending.get_mut(&inst) {
+            if p.decision == Decision::Pending {
+                p.decision = d;
+                if d == Decision::Shed {
+                    self.stats.frags_shed += 1;
+                }
+            }
+        }
+    }
+
     fn count(
         &mut self,
         proto: u8,
@@ -749,6 +791,7 @@ impl Classifier {
                 } else {
                     if wanted {
                         self.pending.entry(inst).or_insert(Pend {
+                            frag: false,
                             decision: Decision::Pending,
                             refs: 0,
                             key,
@@ -789,7 +832,16 @@ impl Classifier {
                     return;
                 }
                 let i = inst.expect("pending slot has an instance");
-                let key = self.pending.get(&i).expect("pending entry").key;
+                let (key, frag) = {
+                    let p = self.pending.get(&i).expect("pending entry");
+                    (p.key, p.frag)
+                };
+                if frag {
+                    // A datagram still incomplete after the queue's bounds: shed, as Python
+                    // drops one that never completes.
+                    self.frag_done(i, Decision::Shed);
+                    continue;
+                }
                 let needless = self
                     .flows
                     .get(&key)
@@ -837,13 +889,17 @@ impl Classifier {
 
     /// End of input: flows still undecided had nothing of interest.
     pub fn finish(&mut self) {
-        let undecided: Vec<(u64, FlowKey)> = self
+        let undecided: Vec<(u64, FlowKey, bool)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.decision == Decision::Pending)
-            .map(|(i, p)| (*i, p.key))
+            .map(|(i, p)| (*i, p.key, p.frag))
             .collect();
-        for (i, k) in undecided {
+        for (i, k, frag) in undecided {
+            if frag {
+                self.frag_done(i, Decision::Shed);
+                continue;
+            }
             self.decide(i, k, Decision::Shed);
         }
     }

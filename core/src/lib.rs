@@ -99,6 +99,7 @@ mod python {
         d.set_item("other_share", s.other_share)?;
         d.set_item("forced", s.forced)?;
         d.set_item("forced_shed", s.forced_shed)?;
+        d.set_item("frags_shed", s.frags_shed)?;
         d.set_item("flows", s.flows)?;
         d.set_item("flows_open", open)?;
         d.set_item("flows_evicted", s.flows_evicted)?;

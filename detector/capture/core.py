@@ -68,7 +68,8 @@ def state_counters(cs: dict[str, int]) -> dict[str, int]:
     """The core's bounded-table counters from its ``stats()``, under the names the summary
     and the metrics use (``bounds.EVICTIONS``)."""
     return {"core_flows_evicted": cs["flows_evicted"], "core_learned_evicted": cs["learned_evicted"],
-            "core_forced": cs["forced"], "core_forced_shed": cs["forced_shed"]}
+            "core_forced": cs["forced"], "core_forced_shed": cs["forced_shed"],
+            "core_frags_shed": cs["frags_shed"]}
 
 
 def prefilter(matcher: Matcher) -> tuple[tuple[bytes, ...] | None, list[list[bytes]] | None]:
