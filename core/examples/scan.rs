@@ -22,7 +22,10 @@ fn main() {
         tcp_ports: vec![13000, 14000],
         udp_ports: vec![13000],
         flow_head: 16,
-        max_flows: 200_000,
+        max_flows: std::env::var("KD_MAX_FLOWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000),
         part: None,
     });
     let mut out = Vec::new();

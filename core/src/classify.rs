@@ -118,6 +118,9 @@ struct FlowKey {
 
 struct Flow {
     inst: u64,
+    /// The instance it was created as: its key in `order` (a flow that goes on as a new
+    /// instance after a bound shed its waiting packets keeps its place).
+    born: u64,
     initiator: (Addr, u16),
     start: f64,
     pkts: [u64; 2],
@@ -184,7 +187,9 @@ pub struct Classifier {
     dns_ac: Option<AhoCorasick>,
     text_ac: Option<AhoCorasick>,
     carry_len: usize,
-    flows: AHashMap<FlowKey, Flow>,
+    /// Boxed: a table slot stays small (key and pointer), so the slack a hash table keeps
+    /// (up to half its slots empty after evictions) costs little.
+    flows: AHashMap<FlowKey, Box<Flow>>,
     order: VecDeque<(FlowKey, u64)>,
     next_inst: u64,
     queue: VecDeque<Slot>,
@@ -216,6 +221,7 @@ fn looks_like_quic_long_header(p: &[u8]) -> bool {
 
 impl Classifier {
     pub fn new(cfg: Config) -> Classifier {
+        let table = cfg.max_flows.min(1 << 20) * 2;
         let (dns_ac, text_ac, carry_len) = match &cfg.anchors {
             Some(a) if !a.is_empty() => {
                 let text: Vec<Vec<u8>> = a
@@ -239,7 +245,9 @@ impl Classifier {
             dns_ac,
             text_ac,
             carry_len,
-            flows: AHashMap::new(),
+            // Sized once, with room for the tombstones evictions leave (so it is rehashed
+            // in place rather than doubled).
+            flows: AHashMap::with_capacity(table),
             order: VecDeque::new(),
             next_inst: 1,
             queue: VecDeque::new(),
@@ -585,9 +593,11 @@ impl Classifier {
         while self.flows.len() >= self.cfg.max_flows.max(1) {
             match self.order.pop_front() {
                 Some((k, inst)) => {
-                    if let Some(f) = self.flows.get(&k).filter(|f| f.inst == inst) {
+                    if let Some(f) = self.flows.get(&k).filter(|f| f.born == inst) {
                         let d = if f.state == Decision::Pending && f.needless() {
-                            self.stats.forced_shed += 1;
+                            if self.pending.contains_key(&f.inst) {
+                                self.stats.forced_shed += 1;
+                            }
                             Decision::Shed
                         } else {
                             Decision::Deliver
@@ -605,8 +615,9 @@ impl Classifier {
         self.stats.flows += 1;
         self.flows.insert(
             key,
-            Flow {
+            Box::new(Flow {
                 inst,
+                born: inst,
                 initiator,
                 start: ts,
                 pkts: [0; 2],
@@ -617,14 +628,14 @@ impl Classifier {
                 named: None,
                 dirs: [Dir::default(), Dir::default()],
                 carry: [([0; CARRY], 0); 2],
-            },
+            }),
         );
         self.order.push_back((key, inst));
-        if self.order.len() > 4 * self.cfg.max_flows.max(16) {
+        if self.order.len() > 2 * self.cfg.max_flows.max(16) {
             // Drop entries of flows that were restarted since (stale), keeping the order.
             let flows = &self.flows;
             self.order
-                .retain(|(k, i)| flows.get(k).map(|f| f.inst) == Some(*i));
+                .retain(|(k, i)| flows.get(k).map(|f| f.born) == Some(*i));
         }
     }
 
@@ -858,7 +869,6 @@ impl Classifier {
                         f.inst = inst;
                         f.state = Decision::Pending;
                     }
-                    self.order.push_back((key, inst));
                     decision = Decision::Shed;
                 } else {
                     self.decide(i, key, Decision::Deliver);
