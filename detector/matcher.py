@@ -101,6 +101,7 @@ class Matcher:
         self.size = 0
         self.dns_anchors = _anchors(signatures)
         self._ports: dict[tuple[int, int], Signature] = {}
+        self._excl: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {}  # exclusive_suffixes, per signature id
         for i, sig in enumerate(self._sigs):
             self._exact.update(dict.fromkeys(sig.names, i))
             self.size += len(sig.names)
@@ -148,6 +149,54 @@ class Matcher:
     def lookup_port(self, proto: int, port: int) -> Signature | None:
         """The port signature for (IP protocol number, port), if any."""
         return self._ports.get((proto, port)) if self._ports else None
+
+    def exclusive_suffixes(self, sig: Signature) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The suffixes of ``sig`` under which every name matches ``sig`` except a few exact
+        names of other signatures: each with those names. A suffix qualifies when it is
+        ``sig``'s in the index, no longer suffix or wildcard of another signature lies at or
+        under it, no wildcard of another signature sits on its path (wildcards win over
+        suffixes), and at most ``MAX_EXCEPTIONS`` exact names of others lie under it. The
+        compiled core may count names under these for alert-storm control (``storm.py``)
+        without asking the index. Cached per signature."""
+        got = self._excl.get(sig.id)
+        if got is None:
+            got = self._excl[sig.id] = tuple(
+                (x, names) for x in sig.suffixes if (names := self._exceptions(sig, x)) is not None
+            )
+        return got
+
+    def _exceptions(self, sig: Signature, suffix: str) -> tuple[str, ...] | None:
+        def other(entries: object) -> bool:
+            if isinstance(entries, Hit):
+                return entries.signature is not sig
+            return any(hit.signature is not sig for _rx, hit in entries)  # type: ignore[attr-defined]
+
+        node: dict | None = self._trie
+        for label in reversed(suffix.split(".")):
+            assert node is not None
+            if _WILD in node and other(node[_WILD]):
+                return None
+            node = node.get(label)
+            if node is None:
+                return None
+        assert node is not None
+        if node.get(_TERMINAL) is None or other(node[_TERMINAL]):
+            return None
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            for k, v in n.items():
+                if k in (_TERMINAL, _WILD):
+                    if other(v):
+                        return None
+                else:
+                    stack.append(v)
+        tail = "." + suffix
+        names = tuple(
+            name for name, i in self._exact.items()
+            if (name == suffix or name.endswith(tail)) and self._sigs[i] is not sig
+        )
+        return names if len(names) <= MAX_EXCEPTIONS else None
 
     def _node(self, labels: list[str]) -> dict:
         node = self._trie
@@ -200,6 +249,7 @@ class Matcher:
 
 
 MAX_ANCHORS = 64
+MAX_EXCEPTIONS = 10_000  # exact names of other signatures under a storm-muted suffix
 MAX_TAILS = 4096
 
 

@@ -132,6 +132,7 @@ class Detector:
         self.matcher = Matcher(self.signatures)
         self.storm = storm if storm is not None else StormControl()  # alert-storm control (storm.py)
         self.aggregator = Aggregator(window=window, dedup=dedup, gate=self.storm)
+        self.storm.count_repeats = not dedup
         self._max_flows, self._max_stream = max_flows, max_stream
         self.stats = Stats()
         self._source: str | None = None

@@ -67,13 +67,17 @@ def scan(det: Detector, path: str, exact: bool, flow_head: int, emit: Callable[[
     try:
         with cf:
             if isinstance(cf, core.CoreCapture):
-                for ts, linktype, data, counters, learn_only in cf.batches(progress):
-                    if learn_only:
-                        det.learn_only(ts, linktype, data)
-                        continue
-                    out = feed(ts, linktype, data, counters=counters)
-                    if out:
-                        emit(out)
+                det.storm.attach(cf.muter)  # folded DNS names counted in the core (storm.py)
+                try:
+                    for ts, linktype, data, counters, learn_only in cf.batches(progress):
+                        if learn_only:
+                            det.learn_only(ts, linktype, data)
+                            continue
+                        out = feed(ts, linktype, data, counters=counters)
+                        if out:
+                            emit(out)
+                finally:
+                    det.storm.detach()
             else:
                 for ts, linktype, data, _wirelen in (cf if progress is None else _ticking(cf, det, progress)):
                     out = feed(ts, linktype, data)

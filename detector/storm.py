@@ -24,10 +24,23 @@ instead of one open alert per name, and the decision is made on the packet's tim
 aggregate alerts leave through the same stage as every other alert (``expire``/``flush``),
 so outputs need no change of their own beyond showing the ``storm_*`` fields.
 
+Muting in the compiled core: a folded name still costs a trip through Python (decode, DNS
+parse, match) before it is folded, and a flood is mostly such trips. So once a window folds,
+the stage asks its ``muter`` (the compiled core's, ``capture.core.StormMuter``, set by
+``attach`` for one file) to count the rest of the window's plain DNS questions itself: names
+under the signature's suffixes that no other signature can claim (``Matcher.exclusive_suffixes``),
+other than the names this window has already alerted or folded (their keys go with the
+request, so their repeats still reach the de-duplication). When the window closes, or the
+file ends (``detach``), the core's counts (hits, distinct names by the same ``name_key``,
+first and last seen, sample names) join the aggregate. The aggregate is then the same one
+alert with the same counts: a name is one hit (its repeats and its answer join it, as they
+join its one de-duplication key; without de-duplication every message is a hit), and a name
+the core counted is distinct from those Python counted by construction.
+
 Bounded: at most ``max_keys`` (client, signature) windows are tracked (the oldest window
 is closed early, and counted, past it); the distinct names of a folded window are counted
 exactly up to ``MAX_DISTINCT`` per window and ``MAX_DISTINCT_TOTAL`` over all (by their 64-bit
-``hash()``), beyond which every further hit counts as a new name (``StormInfo.exact`` false).  ``threshold=0`` turns the stage off.
+``name_key``), beyond which every further hit counts as a new name (``StormInfo.exact`` false).  ``threshold=0`` turns the stage off.
 """
 
 from __future__ import annotations
@@ -35,8 +48,12 @@ from __future__ import annotations
 import argparse
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from .model import Alert, Match
+
+if TYPE_CHECKING:
+    from .signatures import Signature
 
 DEFAULT_THRESHOLD = 50
 DEFAULT_WINDOW = 600.0
@@ -47,6 +64,28 @@ MAX_DISTINCT = 65_536  # folded-name hashes per window ...
 MAX_DISTINCT_TOTAL = 500_000  # ... and over all windows (about 30 MB)
 
 StormKey = tuple[str, int]  # client, signature id
+_FNV_OFFSET, _FNV_PRIME, _MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+_LOWER = bytes(range(256)).translate(bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz"))
+
+
+def name_key(name: str) -> int:
+    """A name's 64-bit key: FNV-1a over its UTF-8 bytes with ASCII letters lower-cased (so
+    DNS 0x20 case games count once). The compiled core computes the same (``mute.rs``)."""
+    h = _FNV_OFFSET
+    for b in name.encode("utf-8", "surrogatepass").translate(_LOWER):
+        h = ((h ^ b) * _FNV_PRIME) & _MASK
+    return h
+
+
+# What a muter reports for one window: hits, distinct names, exact, first, last, sample.
+Counted = tuple[int, int, bool, float, float, list[str]]
+
+
+class Muter(Protocol):
+    def mute(self, client: str, sig: Signature, until: float, except_keys: list[int], sample: int,
+             repeats: bool) -> bool: ...
+
+    def take(self, client: str, sig_id: int) -> Counted | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +100,8 @@ class StormInfo:
 
 
 class _Window:
-    __slots__ = ("start", "names", "first_match", "first", "last", "hits", "hashes", "sample", "source", "overflow")
+    __slots__ = ("start", "names", "first_match", "first", "last", "hits", "hashes", "sample", "source", "overflow",
+                 "muted", "elsewhere", "approx")
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -73,6 +113,9 @@ class _Window:
         self.sample: list[str] = []
         self.source: str | None = None
         self.overflow = 0  # folded hits past MAX_DISTINCT hashes
+        self.muted = False  # the compiled core counts this window's plain DNS questions
+        self.elsewhere = 0  # distinct names the core counted
+        self.approx = False  # the core's count went past its bound
 
 
 class StormControl:
@@ -92,7 +135,21 @@ class StormControl:
         self._t: OrderedDict[StormKey, _Window] = OrderedDict()  # in window-start order
         self._hashes = 0  # folded-name hashes held over all windows
         self._ready: list[Alert] = []  # aggregates closed by admit(), handed out by expire()
-        self.counters: Counter[str] = Counter()  # aggregates, folded_hits, folded_names, keys_evicted
+        self.counters: Counter[str] = Counter()  # aggregates, folded_hits, folded_names, keys_evicted, core_*
+        self.muter: Muter | None = None  # the compiled core, for one file (attach/detach)
+        # Without de-duplication every match is admitted, so a muter counts repeats as hits.
+        self.count_repeats = False
+
+    def attach(self, muter: Muter) -> None:
+        """Let ``muter`` count folded DNS names of the file it reads (until ``detach``)."""
+        self.muter = muter
+
+    def detach(self) -> None:
+        """The file is through: take every count the muter holds into its window."""
+        if self.muter is not None:
+            for key, w in self._t.items():
+                self._take(key, w)
+        self.muter = None
 
     @property
     def enabled(self) -> bool:
@@ -119,7 +176,7 @@ class StormControl:
                 self._close(old)
                 self.counters["keys_evicted"] += 1
         name = obs.hostname
-        h = hash(name)  # 64 bits, this process only: what the two sets hold
+        h = name_key(name)  # what the two sets hold (and the core's mutes)
         if h in w.names:
             return True
         if len(w.names) < self.threshold:
@@ -143,14 +200,39 @@ class StormControl:
         else:
             w.overflow += 1
             c["folded_names"] += 1
+        if self.muter is not None and not w.muted:
+            w.muted = self.muter.mute(obs.client, match.signature, w.start + self.window,
+                                      [*w.names, *w.hashes], self.sample - len(w.sample), self.count_repeats)
+            if w.muted:
+                c["core_mutes"] += 1
         return False
 
+    def _take(self, key: StormKey, w: _Window) -> None:
+        if not w.muted or self.muter is None:
+            return
+        w.muted = False
+        got = self.muter.take(key[0], key[1])
+        if got is None:
+            return
+        hits, distinct, exact, first, last, sample = got
+        w.hits += hits
+        w.elsewhere += distinct
+        w.approx = w.approx or not exact
+        w.first, w.last = min(w.first, first), max(w.last, last)
+        w.sample.extend(sample[: max(0, self.sample - len(w.sample))])
+        c = self.counters
+        c["folded_hits"] += hits
+        c["folded_names"] += distinct
+        c["core_hits"] += hits
+
     def _close(self, key: StormKey) -> None:
+        self._take(key, self._t[key])
         w = self._t.pop(key)
         self._hashes -= len(w.hashes)
         if w.first_match is None:
             return
-        info = StormInfo(len(w.hashes) + w.overflow, tuple(w.sample), self.threshold, self.window, exact=not w.overflow)
+        info = StormInfo(len(w.hashes) + w.overflow + w.elsewhere, tuple(w.sample), self.threshold, self.window,
+                         exact=not (w.overflow or w.approx))
         m = w.first_match
         self._ready.append(Alert(m, w.hits, w.first, w.last, w.source, m.observation.strength, storm=info))
         self.counters["aggregates"] += 1
@@ -183,7 +265,7 @@ class StormControl:
         return (
             f"alert storms: {c['folded_names']:,} name(s) ({c['folded_hits']:,} hits) folded into "
             f"{c['aggregates']:,} aggregate alert(s) (over {self.threshold} distinct names per client and "
-            f"signature in {self.window:g} s){_evicted(c['keys_evicted'])}"
+            f"signature in {self.window:g} s){_in_core(c['core_hits'])}{_evicted(c['keys_evicted'])}"
         )
 
 
@@ -206,6 +288,10 @@ def check_storm_options(args: argparse.Namespace) -> str | None:
     if not 0 <= getattr(args, "storm_sample", 0) <= MAX_SAMPLE:
         return f"--storm-sample must be between 0 and {MAX_SAMPLE}"
     return None
+
+
+def _in_core(n: int) -> str:
+    return f"; {n:,} of the folded hits counted in the compiled core (DNS)" if n else ""
 
 
 def _evicted(n: int) -> str:

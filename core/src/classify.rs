@@ -29,6 +29,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use crate::decode::{decode, Addr, Decoded, Fragment, Tcp, L4};
 use crate::dns;
+use crate::mute::Mutes;
 
 pub const TUNNEL_PORTS: [u16; 2] = [4789, 6081];
 const DNS_PORT: u16 = 53;
@@ -86,6 +87,8 @@ pub struct Stats {
     pub forced_shed: u64,
     /// IP datagrams whose fragments were shed: never complete (evicted, or past a bound).
     pub frags_shed: u64,
+    /// DNS messages counted by an alert-storm mute instead of handed up (`mute.rs`).
+    pub dns_muted: u64,
     pub flows: u64,
     pub flows_evicted: u64,
     pub learned: u64,
@@ -203,6 +206,8 @@ pub struct Classifier {
     frags: AHashMap<FragKey, FragAcc>,
     frag_order: VecDeque<FragKey>,
     pub stats: Stats,
+    /// Alert-storm mutes Python asked for (`mute.rs`).
+    pub mutes: Mutes,
 }
 
 fn automaton(patterns: &[Vec<u8>]) -> Option<AhoCorasick> {
@@ -260,6 +265,7 @@ impl Classifier {
             frags: AHashMap::new(),
             frag_order: VecDeque::new(),
             stats: Stats::default(),
+            mutes: Mutes::default(),
         }
     }
 
@@ -432,7 +438,13 @@ impl Classifier {
                         if payload.len() > 2 && payload[2] & 0x80 != 0 {
                             self.learn(ip.dst, payload);
                         }
-                        true
+                        if !self.mutes.is_empty() && self.mutes.counts(ts, ip.src, ip.dst, payload)
+                        {
+                            self.stats.dns_muted += 1;
+                            false
+                        } else {
+                            true
+                        }
                     } else {
                         self.stats.dns_prefiltered += 1;
                         false
@@ -538,6 +550,7 @@ impl Classifier {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn count(
         &mut self,
         proto: u8,

@@ -13,6 +13,7 @@ pub mod classify;
 pub mod decode;
 pub mod dns;
 pub mod heads;
+pub mod mute;
 pub mod reader;
 
 #[cfg(feature = "python")]
@@ -109,7 +110,33 @@ mod python {
         d.set_item("flows_anchor", s.flows_anchor)?;
         d.set_item("flows_port", s.flows_port)?;
         d.set_item("flows_learned", s.flows_learned)?;
+        d.set_item("dns_muted", s.dns_muted)?;
         Ok(d)
+    }
+
+    fn addr_of(raw: &[u8]) -> PyResult<crate::decode::Addr> {
+        let mut b = [0u8; 16];
+        match raw.len() {
+            4 | 16 => b[..raw.len()].copy_from_slice(raw),
+            n => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "an address is 4 or 16 bytes, not {n}"
+                )))
+            }
+        }
+        Ok(crate::decode::Addr {
+            v6: raw.len() == 16,
+            b,
+        })
+    }
+
+    type Counted = (u64, u64, bool, f64, f64, Vec<String>);
+
+    fn take_counted(cls: &mut Classifier, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
+        Ok(cls
+            .mutes
+            .take(addr_of(client)?, key)
+            .map(|c| (c.hits, c.distinct, c.exact, c.first, c.last, c.sample)))
     }
 
     /// Reads one capture file and yields the frames that can hold evidence, in batches.
@@ -204,6 +231,37 @@ mod python {
 
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             stats_dict(py, &self.cls.stats, self.cls.flows_open())
+        }
+
+        /// Alert-storm muting (`mute.rs`): count, not hand up, the plain DNS questions of
+        /// `client` (4 or 16 address bytes) under `suffixes` until `until`, except names
+        /// whose `name_key` is in `except`; false if it cannot (table full, no suffix).
+        #[pyo3(signature = (client, key, until, suffixes, except, sample, repeats=false))]
+        #[allow(clippy::too_many_arguments)]
+        fn mute(
+            &mut self,
+            client: &[u8],
+            key: u64,
+            until: f64,
+            suffixes: Vec<Vec<u8>>,
+            except: Vec<u64>,
+            sample: usize,
+            repeats: bool,
+        ) -> PyResult<bool> {
+            Ok(self.cls.mutes.add(
+                addr_of(client)?,
+                key,
+                until,
+                suffixes,
+                except,
+                sample,
+                repeats,
+            ))
+        }
+
+        /// End a mute: `(hits, distinct, exact, first, last, sample)` or None if it counted nothing.
+        fn take_mute(&mut self, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
+            take_counted(&mut self.cls, client, key)
         }
 
         #[getter]
@@ -301,6 +359,37 @@ mod python {
 
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             stats_dict(py, &self.cls.stats, self.cls.flows_open())
+        }
+
+        /// Alert-storm muting (`mute.rs`): count, not hand up, the plain DNS questions of
+        /// `client` (4 or 16 address bytes) under `suffixes` until `until`, except names
+        /// whose `name_key` is in `except`; false if it cannot (table full, no suffix).
+        #[pyo3(signature = (client, key, until, suffixes, except, sample, repeats=false))]
+        #[allow(clippy::too_many_arguments)]
+        fn mute(
+            &mut self,
+            client: &[u8],
+            key: u64,
+            until: f64,
+            suffixes: Vec<Vec<u8>>,
+            except: Vec<u64>,
+            sample: usize,
+            repeats: bool,
+        ) -> PyResult<bool> {
+            Ok(self.cls.mutes.add(
+                addr_of(client)?,
+                key,
+                until,
+                suffixes,
+                except,
+                sample,
+                repeats,
+            ))
+        }
+
+        /// End a mute: `(hits, distinct, exact, first, last, sample)` or None if it counted nothing.
+        fn take_mute(&mut self, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
+            take_counted(&mut self.cls, client, key)
         }
     }
 

@@ -14,6 +14,7 @@ False and replay takes the pure-Python path after one warning (``warn_missing``)
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import os
 import sys
 import zlib
@@ -21,6 +22,8 @@ from collections.abc import Callable, Iterator
 
 from ..errors import CaptureError
 from ..matcher import Matcher
+from ..signatures import Signature
+from ..storm import Counted, name_key
 from .pcap import PCAP_MAGICS, PCAPNG_SHB
 
 try:
@@ -93,6 +96,36 @@ def live_classifier(matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD) -> obj
                             flow_head=flow_head, tails=tails)
 
 
+class StormMuter:
+    """``storm.Muter`` over a scanner or a live classifier (``core/src/mute.rs``): counts a
+    folding window's plain DNS questions in the core, under the signature's suffixes that no
+    other signature claims; the exact names of other signatures under them go as exceptions."""
+
+    def __init__(self, target: object, matcher: Matcher) -> None:
+        self._t = target
+        self._m = matcher
+
+    def mute(self, client: str, sig: Signature, until: float, except_keys: list[int], sample: int,
+             repeats: bool) -> bool:
+        scope = [(x, names) for x, names in self._m.exclusive_suffixes(sig) if x.isascii()]
+        if not scope:
+            return False
+        try:
+            raw = ipaddress.ip_address(client).packed
+        except ValueError:
+            return False
+        keys = list(except_keys)
+        for _suffix, names in scope:
+            keys.extend(name_key(n) for n in names)
+        ok: bool = self._t.mute(raw, sig.id, until, [x.encode("ascii") for x, _ in scope], keys,  # type: ignore[attr-defined]
+                                max(0, sample), repeats)
+        return ok
+
+    def take(self, client: str, sig_id: int) -> Counted | None:
+        got: Counted | None = self._t.take_mute(ipaddress.ip_address(client).packed, sig_id)  # type: ignore[attr-defined]
+        return got
+
+
 class CoreCapture:
     """Iterate the records the core hands up: ``(ts, linktype, data, counters, learn_only)``."""
 
@@ -115,6 +148,7 @@ class CoreCapture:
         except OSError as exc:
             raise CaptureError(str(exc)) from None
         self.bytes = os.path.getsize(path)
+        self.muter = StormMuter(self._scanner, matcher)
 
     @property
     def warning(self) -> str | None:
