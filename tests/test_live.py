@@ -411,6 +411,20 @@ def test_live_two_workers_dedup_and_flush_on_stop(lab: Lab) -> None:
     assert "workers 0" in held.log().splitlines()[-1]
 
 
+def test_live_attributes_a_nameless_flow_to_an_address_learned_from_dns(lab: Lab) -> None:
+    """A real dig, then a real openssl s_client to the answered address without SNI: the
+    TLS flow (heads handle, through the compiled core) is attributed to the name the DNS
+    answer (whole handle) taught, as replay does."""
+    live = Live(lab, "--settle", "0.2", name="learned")
+    lab.nsrun("c2", *DIG, f"@{SRV4}", "s07.upd.kaspersky.com", "A")
+    time.sleep(0.3)  # the answer is learned before the flow starts, as on a real network
+    lab.nsrun("c2", "openssl", "s_client", "-connect", f"{SRV4}:443", "-noservername", "-brief", timeout=15)
+    want = {(C2, "dns-query", "s07.upd.kaspersky.com"), (C2, "ip-from-dns", "s07.upd.kaspersky.com")}
+    live.wait_contacts(want, timeout=5)
+    assert live.contacts() == want
+    assert live.stop() == 0
+
+
 def test_live_errors_are_one_line(lab: Lab) -> None:
     cmd = [*_detector_cmd(), "--stats-interval", "0"]
     r = subprocess.run(["ip", "netns", "exec", lab.ns["m"], *cmd, "-i", "nosuch0"], capture_output=True, text=True, cwd=REPO)

@@ -393,30 +393,10 @@ impl Classifier {
         if !self.mine(Some((ip.src.last_byte(), ip.dst.last_byte()))) {
             self.stats.other_share += 1;
             // Another share's DNS: its answers name addresses this share's clients may use.
-            let dns_payload = match &ip.l4 {
-                L4::Udp {
-                    sport,
-                    dport,
-                    payload,
-                } if *sport == DNS_PORT || *dport == DNS_PORT => Some(*payload),
-                L4::Tcp(t)
-                    if (t.sport == DNS_PORT || t.dport == DNS_PORT) && !t.payload.is_empty() =>
-                {
-                    Some(t.payload)
-                }
-                _ => None,
-            };
-            if let Some(p) = dns_payload {
-                if self.dns_anchored(p) {
-                    if let L4::Udp { .. } = ip.l4 {
-                        self.learn(ip.dst, p);
-                    } else if p.len() > 2 {
-                        self.learn(ip.dst, &p[2..]);
-                    }
-                    let mut r = Self::record(ts, linktype, data, None);
-                    r.learn_only = true;
-                    self.enqueue(r, None);
-                }
+            if self.learn_dns(&ip) {
+                let mut r = Self::record(ts, linktype, data, None);
+                r.learn_only = true;
+                self.enqueue(r, None);
             }
             return;
         }
@@ -463,6 +443,41 @@ impl Classifier {
                 }
             }
             L4::Tcp(t) => self.tcp(ts, linktype, data, ip.src, ip.dst, ip.len, t),
+        }
+    }
+
+    /// DNS that holds an anchor: learn the addresses its answers give (for the client, the
+    /// destination). True if it was such DNS.
+    fn learn_dns(&mut self, ip: &crate::decode::Ip<'_>) -> bool {
+        let (p, tcp) = match &ip.l4 {
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+            } if *sport == DNS_PORT || *dport == DNS_PORT => (*payload, false),
+            L4::Tcp(t) if (t.sport == DNS_PORT || t.dport == DNS_PORT) && !t.payload.is_empty() => {
+                (t.payload, true)
+            }
+            _ => return false,
+        };
+        if !self.dns_anchored(p) {
+            return false;
+        }
+        if !tcp {
+            self.learn(ip.dst, p);
+        } else if p.len() > 2 {
+            self.learn(ip.dst, &p[2..]);
+        }
+        true
+    }
+
+    /// Live: a frame another handle carries to Python whole. If it is DNS holding an
+    /// anchor, learn its answers' addresses, so the flows this classifier sees towards them
+    /// are handed up (a flow with no host name of its own, to an address a Kaspersky name
+    /// resolved to). Nothing is queued or counted.
+    pub fn learn_frame(&mut self, linktype: u32, data: &[u8]) {
+        if let Decoded::Ip(ip) = decode(linktype, data) {
+            self.learn_dns(&ip);
         }
     }
 

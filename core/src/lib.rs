@@ -340,6 +340,16 @@ mod python {
             to_py(py, recs)
         }
 
+        /// Live: frames of the other capture handle, going to Python whole; the DNS among
+        /// them teaches this classifier the addresses Kaspersky names resolve to.
+        fn learn_many(&mut self, py: Python<'_>, frames: Vec<(f64, u32, Vec<u8>)>) {
+            py.detach(|| {
+                for (_ts, lt, data) in &frames {
+                    self.cls.learn_frame(*lt, data);
+                }
+            });
+        }
+
         /// Live, between packets: the capture clock moved to `now` (frames waiting longer
         /// than the core's bound are released).
         fn tick<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<Bound<'py, PyList>> {
