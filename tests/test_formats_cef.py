@@ -1,6 +1,12 @@
 """CEF lines read back by a real CEF parser: liblognorm's ``cef`` field type, run through
-Debian's ``lognormalizer`` (package liblognorm-utils). Every header field and extension pair
-must come back exactly, hostile values included, and no other key may appear."""
+Debian's ``lognormalizer`` (package liblognorm-utils), and by a strict reader written here
+from the CEF specification (``parse_cef_strict``). Every header field and extension pair
+must come back exactly, hostile values included (an extension value is the sent text with
+one layer of CEF escaping, nothing more), and no other key may appear.
+
+lognormalizer reads its input as C strings: a line holding a NUL is read only up to it.
+Records with a NUL (only DNS carries one) are checked exactly by the strict reader, and
+lognormalizer is held to that known limit (it reads them as if cut at the NUL)."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from test_formats_common import (
     HOSTILE_IDS,
     golden_check,
     hostile_alerts,
+    no_surrogates,
     sample_alerts,
     visible,
 )
@@ -52,16 +59,88 @@ def parse_cef(lines: list[bytes], tmp_path_factory) -> list[dict]:
         [_lognormalizer(), "-r", str(rules), "-e", "json"],
         input=b"".join(lines), capture_output=True, check=True, timeout=60,
     )  # fmt: skip
-    parsed = [json.loads(line) for line in out.stdout.decode("utf-8").splitlines()]
+    # split at LF only: str.splitlines() would also split at NEL, U+2028, U+2029 in a value
+    parsed = [json.loads(line) for line in out.stdout.split(b"\n") if line]
     assert len(parsed) == len(lines), out.stderr
     return parsed
 
 
+_UNESCAPE = {"\\": "\\", "=": "=", "r": "\r", "n": "\n"}
+
+
+class CefError(ValueError):
+    pass
+
+
+def parse_cef_strict(record: bytes) -> tuple[list[str], dict[str, str]]:
+    """CEF by its specification, strictly: one line; seven header fields split at unescaped
+    ``|`` (escapes ``\\\\`` and ``\\|`` only); then pairs ``key=value`` separated by a space,
+    where a key is letters, digits and ``_`` ending at an unescaped ``=`` (every ``=`` of a
+    value is escaped) and a value's escapes are ``\\\\``, ``\\=``, ``\\r``, ``\\n`` only.
+    Returns the six header fields after ``CEF:0`` and the extension."""
+    if not record.endswith(b"\n") or record.count(b"\n") != 1 or b"\r" in record:
+        raise CefError("not exactly one line")
+    text = record[:-1].decode("utf-8")  # strict
+    fields, cur, i = [], "", 0
+    while len(fields) < 7:
+        if i >= len(text):
+            raise CefError("header has fewer than 7 fields")
+        c = text[i]
+        if c == "\\":
+            if text[i + 1 : i + 2] not in ("\\", "|"):
+                raise CefError(f"bad header escape at {i}")
+            cur, i = cur + text[i + 1], i + 2
+            continue
+        if c == "|":
+            fields.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    if fields[0] != "CEF:0":
+        raise CefError(f"not CEF:0: {fields[0]!r}")
+    # the extension: decode escapes, remembering where the unescaped "=" are
+    body, keys_at = text[i:].lstrip(" "), []
+    chars: list[str] = []
+    j = 0
+    while j < len(body):
+        c = body[j]
+        if c == "\\":
+            if body[j + 1 : j + 2] not in _UNESCAPE:
+                raise CefError(f"bad extension escape {body[j : j + 2]!r}")
+            chars.append(_UNESCAPE[body[j + 1]])
+            j += 2
+            continue
+        if c == "=":
+            keys_at.append(len(chars))
+        chars.append(c)
+        j += 1
+    ext: dict[str, str] = {}
+    starts = []
+    for eq in keys_at:  # the key: the word characters right before the "=", after a space
+        k = eq
+        while k > 0 and (chars[k - 1].isascii() and (chars[k - 1].isalnum() or chars[k - 1] == "_")):
+            k -= 1
+        if k == eq or (k > 0 and chars[k - 1] != " "):
+            raise CefError(f"bad key before '=' at {eq}")
+        starts.append((k, eq))
+    for n, (k, eq) in enumerate(starts):
+        key = "".join(chars[k:eq])
+        end = starts[n + 1][0] - 1 if n + 1 < len(starts) else len(chars)
+        if key in ext:
+            raise CefError(f"duplicate key {key!r}")
+        ext[key] = "".join(chars[eq + 1 : end])
+    if starts and starts[0][0] != 0:
+        raise CefError("text before the first key")
+    return fields[1:], ext
+
+
 def expected(alert: Alert) -> tuple[list[str], dict[str, str]]:
-    """What a reader must get back: the module's unescaped fields, with the characters CEF
-    cannot carry made visible (CR/LF have escapes of their own in the extension)."""
+    """What a reader must get back: the module's unescaped fields; header fields
+    (configuration) with the characters a header cannot carry made visible, extension
+    values exactly as they are (lone surrogates aside: never written)."""
     head = [visible(f) for f in cef.header(alert)[1:]]
-    ext = {k: visible(v, keep="\r\n") for k, v in cef.extension(alert)}
+    ext = {k: no_surrogates(v) for k, v in cef.extension(alert)}
     return head, ext
 
 
@@ -72,6 +151,7 @@ def check_round_trip(alert: Alert, parsed: dict) -> dict[str, str]:
     assert [got[n] for n in HEADER_NAMES] == head
     assert set(got) == {*HEADER_NAMES, "Extensions"}
     assert got["Extensions"] == ext
+    assert parse_cef_strict(cef.format_alert(alert)) == (head, ext)
     return got["Extensions"]
 
 
@@ -126,24 +206,64 @@ def test_severity_scale():
 def test_escaping_tables():
     assert cef.escape_value("a\\b=c\r\nd|e") == "a\\\\b\\=c\\r\\nd|e"
     assert cef.escape_header("a\\b|c=d") == "a\\\\b\\|c=d"
-    assert cef.escape_value("\x00\x1b\u202e") == "\\\\x00\\\\x1b\\\\u202e"
-    assert cef.escape_header("a\nb") == "a\\\\x0ab"
+    assert cef.escape_header("a\nb") == "a\\\\x0ab"  # a header: configuration, controls visible
+
+
+def test_extension_values_carry_one_layer_only():
+    """Only the spec's four escapes: NUL, ESC, TAB, DEL, C1, U+2028 and bidi controls are
+    written raw; text that looks like an escape is just escaped text."""
+    raw = "nul\x00esc\x1b[31m\ttab del\x7f nel\x85 ls\u2028 bidi\u202eevil\u202c"
+    assert cef.escape_value(raw) == raw
+    assert cef.escape_value("\\x00 is text") == "\\\\x00 is text"
+    assert cef.escape_value("lone\udcff") == "lone\\\\udcff"  # a surrogate is never written
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (b"CEF:0|a|b|1|2|n|5| k=v\nx\n", "one line"),
+        (b"CEF:0|a|b|1|2|n\n", "fewer than 7"),
+        (b"CEF:0|a|b\\x|1|2|n|5| k=v\n", "bad header escape"),
+        (b"CEF:0|a|b|1|2|n|5| k=a\\tb\n", "bad extension escape"),
+        (b"CEF:0|a|b|1|2|n|5| k=v k=w\n", "duplicate key"),
+        (b"CEF:0|a|b|1|2|n|5| k=v x.y=w\n", "bad key"),
+        (b"CEF:0|a|b|1|2|n|5| junk k=v\n", "before the first key"),
+    ],
+)
+def test_strict_reader_rejects(record, problem):
+    with pytest.raises(CefError, match=problem):
+        parse_cef_strict(record)
+
+
+def test_strict_reader_reads():
+    assert parse_cef_strict(b"CEF:0|a\\|b|p|1|2|n|5| k=a b\\=c\\\\ j=\x00\\r\\n|\n") == (
+        ["a|b", "p", "1", "2", "n", "5"], {"k": "a b=c\\", "j": "\x00\r\n|"})
 
 
 def test_hostile_values_round_trip(tmp_path_factory):
     cases = [(h, kind, a) for h in HOSTILE for kind, a in hostile_alerts(h).items()]
-    parsed = parse_cef([cef.format_alert(a) for _, _, a in cases], tmp_path_factory)
-    for (h, kind, alert), p in zip(cases, parsed, strict=True):
-        ext = check_round_trip(alert, p)
-        v = visible(h, keep="\r\n")
+    records = [cef.format_alert(a) for _, _, a in cases]
+    parsed = parse_cef(records, tmp_path_factory)
+    # lognormalizer's limit: a line is read as a C string, up to its first NUL
+    cut = parse_cef([r.split(b"\x00")[0] + b"\n" for r in records if b"\x00" in r], tmp_path_factory)
+    assert cut, "no hostile value holds a NUL"
+    for (h, kind, alert), p, record in zip(cases, parsed, records, strict=True):
+        if b"\x00" in record:
+            assert p == cut.pop(0), (h, kind)
+            head, ext = parse_cef_strict(record)
+            assert (head, ext) == expected(alert)
+        else:
+            ext = check_round_trip(alert, p)
+            head = [p["cef"][n] for n in HEADER_NAMES]
+        v = no_surrogates(h)
         assert ext["dhost"] == v, (h, kind)
         if kind == "http":
             assert set(ext) == COMMON_KEYS | V4 | HTTP | CAPTURE, h
             assert (ext["requestClientApplication"], ext["cs3"], ext["flexString2"]) == (v, v, v)
             netloc = f"[{v}]" if ":" in h else v  # a host with a colon is written as an IPv6 literal
             assert ext["request"] == f"http://{netloc}/p?{v}"
-            assert p["cef"]["Name"] == visible("sig " + h)
-            assert ext["cat"] == visible("cat " + h, keep="\r\n")
+            assert head[4] == visible("sig " + h)
+            assert ext["cat"] == no_surrogates("cat " + h)
         elif kind == "dns":
             assert set(ext) == COMMON_KEYS | V4 | DNS, h
             assert ext["cs6"] == v and ext["msg"] == f"{v} CNAME {v}"
@@ -160,7 +280,8 @@ def test_hostile_values_round_trip(tmp_path_factory):
 @pytest.mark.parametrize("h", HOSTILE, ids=HOSTILE_IDS)
 def test_hostile_header_without_a_parser(h):
     # Independent of liblognorm: the header is the first seven unescaped pipes, each field
-    # unescapes to what was sent, and one space leads into the extension.
+    # unescapes to what was sent (controls made visible: no raw one in a header), and one
+    # space leads into the extension.
     for alert in hostile_alerts(h).values():
         line = cef.format_alert(alert).decode()
         fields, cur, i = [], "", 0
@@ -178,4 +299,5 @@ def test_hostile_header_without_a_parser(h):
             i += 1
         assert fields == ["CEF:0", *expected(alert)[0]]
         assert line[i] == " " and line[i + 1] != " "
-        assert "\x00" not in line and "\r" not in line and line.count("\n") == 1
+        assert "\r" not in line and line.count("\n") == 1
+        assert visible(line[:i]) == line[:i], "a control or bidi character raw in the header"

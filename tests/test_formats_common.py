@@ -19,6 +19,7 @@ from detector.errors import ConfigError
 from detector.formats import FORMATS, get_format
 from detector.model import Alert, Evidence, Match, Observation, Strength
 from detector.signatures import Signature, load_signatures
+from detector.sinks.file import one_line
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 VERSION_MARK = b"@VERSION@"
@@ -183,9 +184,10 @@ _UNSAFE = frozenset([
 
 
 def visible(s: str, keep: str = "") -> str:
-    """What the text formats (CEF, LEEF, syslog) promise a reader gets back for ``s``:
-    characters that may not be written raw as ``\\xNN`` / ``\\uNNNN`` text (an independent
-    restatement of the modules' tables, so a change to either shows here)."""
+    """What the CEF and LEEF headers (configuration, never wire data) and the human-facing
+    text promise a reader gets back for ``s``: characters that may not be written raw as
+    ``\\xNN`` / ``\\uNNNN`` text (an independent restatement of the modules' tables, so a
+    change to either shows here)."""
     return "".join(
         c if ord(c) not in _UNSAFE or c in keep else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
         for c in s
@@ -193,8 +195,9 @@ def visible(s: str, keep: str = "") -> str:
 
 
 def no_surrogates(s: str) -> str:
-    """What the JSON formats promise for ``s``: the same text, but a lone surrogate (not a
-    character; strict JSON readers reject its escape) as visible ``\\uXXXX`` text."""
+    """What every format promises a reader gets back for a value ``s``, after exactly one
+    layer of its own escaping: the same text, but a lone surrogate (not a character; strict
+    readers reject it) as visible ``\\uXXXX`` text."""
     return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) < 0xE000 else c for c in s)
 
 
@@ -264,14 +267,23 @@ def test_one_line_per_alert(fmt):
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("h", HOSTILE, ids=HOSTILE_IDS)
-def test_hostile_values_stay_on_one_line(fmt, h):
+def test_hostile_values_stay_one_record(fmt, h):
+    """One record per alert, ending in its newline, strict UTF-8 (no lone surrogate). The
+    JSON formats and CEF escape CR and LF, so their record is one line anywhere; LEEF has no
+    escape and keeps a raw CR/LF, which a line-framed sink writes as ``\\x0d``/``\\x0a``
+    (``one_line``): after that it is one line too, and nothing else changed."""
     for alert in hostile_alerts(h).values():
-        line = FORMATS[fmt](alert)
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
-        text = line.decode("utf-8")  # strict: no lone surrogate, no invalid byte
-        delimiter = "\t" if fmt == "leef" else ""  # LEEF's declared attribute delimiter
-        bad = [c for c in text[:-1] if ord(c) in _UNSAFE and c != delimiter]
-        assert not bad, f"raw control or bidi characters written: {bad!r}"
+        record = FORMATS[fmt](alert)
+        assert record.endswith(b"\n")
+        record.decode("utf-8")  # strict: no lone surrogate, no invalid byte
+        line = one_line(record)
+        assert line.count(b"\n") == 1 and b"\r" not in line
+        if fmt == "leef":
+            assert line == record.replace(b"\r", b"\\x0d").replace(b"\n", b"\\x0a")[:-4] + b"\n"
+        else:
+            assert line == record
+        if fmt in ("eve", "ecs", "ocsf"):
+            assert all(0x20 <= c < 0x7F for c in record[:-1]), "JSON: not printable ASCII"
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

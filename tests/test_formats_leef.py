@@ -1,7 +1,9 @@
 """LEEF 2.0 lines read back by a small strict LEEF 2.0 reader (no library exists): the header
 splits into exactly its fields, the declared delimiter splits the attributes, every attribute
 is one well-formed ``key=value`` with a unique key, and every value is exactly what was sent
-(with the characters LEEF cannot carry made visible). Hostile values included."""
+(LEEF has no escape: a value is the sent text itself; only the header, configuration,
+has control characters made visible). The delimiter is the first candidate that occurs in
+no value. Hostile values included."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from test_formats_common import (
     HOSTILE_IDS,
     golden_check,
     hostile_alerts,
+    no_surrogates,
     sample_alerts,
     visible,
 )
@@ -39,10 +42,12 @@ class LeefError(ValueError):
 
 
 def parse_leef(record: bytes) -> tuple[list[str], str, dict[str, str]]:
-    """Strict LEEF 2.0: ``LEEF:2.0|Vendor|Product|Version|EventID|Delimiter|attributes``.
-    Returns the four header fields, the delimiter and the attributes."""
-    if not record.endswith(b"\n") or record.count(b"\n") != 1 or b"\r" in record:
-        raise LeefError("not exactly one line")
+    """Strict LEEF 2.0: ``LEEF:2.0|Vendor|Product|Version|EventID|Delimiter|attributes``,
+    one record ending in its newline (LEEF has no escape: a value may hold a CR or LF, which
+    only line framing restricts). Returns the four header fields, the delimiter and the
+    attributes."""
+    if not record.endswith(b"\n"):
+        raise LeefError("not one record ending in a newline")
     text = record[:-1].decode("utf-8")  # strict: invalid UTF-8 is an error
     parts = text.split("|", 6)
     if len(parts) != 7:
@@ -68,11 +73,22 @@ def parse_leef(record: bytes) -> tuple[list[str], str, dict[str, str]]:
     return parts[1:5], delimiter, attrs
 
 
+CANDIDATES = ("\t", "^", "~", "`")  # the delimiters the module promises, in its order
+
+
+def expected_delimiter(values: list[str]) -> str | None:
+    """The first candidate in none of the values; None when each occurs somewhere."""
+    return next((d for d in CANDIDATES if not any(d in v for v in values)), None)
+
+
 def check_round_trip(alert: Alert) -> dict[str, str]:
+    """A value comes back as it was (lone surrogates aside), the header with controls
+    made visible, the delimiter the first candidate in no value."""
     head, delimiter, attrs = parse_leef(leef.format_alert(alert))
-    assert delimiter == "\t"
+    want = {k: no_surrogates(v) for k, v in leef.attributes(alert)}
+    assert delimiter == expected_delimiter(list(want.values()))
     assert head == [visible(f).replace("|", "\\x7c") for f in leef.header(alert)[:4]]
-    assert attrs == {k: visible(v) for k, v in leef.attributes(alert)}
+    assert attrs == want
     return attrs
 
 
@@ -80,7 +96,7 @@ def check_round_trip(alert: Alert) -> dict[str, str]:
 @pytest.mark.parametrize(
     "record, problem",
     [
-        (b"LEEF:2.0|a|b|1|2|^|k=v\nx\n", "one line"),
+        (b"LEEF:2.0|a|b|1|2|^|k=v", "one record"),
         (b"LEEF:1.0|a|b|1|2|^|k=v\n", "not LEEF 2.0"),
         (b"LEEF:2.0|a|b|1|2\n", "pipes"),
         (b"LEEF:2.0|a|b|1|2|^^|k=v\n", "bad delimiter"),
@@ -98,6 +114,7 @@ def test_reader_rejects(record, problem):
 def test_reader_delimiters():
     assert parse_leef(b"LEEF:2.0|a|b|1|2|0x5e|k=v^j=w|x\n")[1:] == ("^", {"k": "v", "j": "w|x"})
     assert parse_leef(b"LEEF:2.0|a|b|1|2|^|k=a=b\n")[2] == {"k": "a=b"}
+    assert parse_leef(b"LEEF:2.0|a|b|1|2|x7e|k=a\r\nb~j=\t\n")[1:] == ("~", {"k": "a\r\nb", "j": "\t"})
 
 
 # -- the records ------------------------------------------------------------------------------
@@ -140,16 +157,56 @@ def test_dev_time_matches_its_declared_format():
     assert leef.dev_time(0) == "Jan 01 1970 00:00:00.000 UTC"
 
 
-def test_delimiter_cannot_survive_in_a_value():
-    assert ord(leef.DELIMITER) in leef.VISIBLE
-    assert leef.clean_value("a\tb\r\nc") == "a\\x09b\\x0d\\x0ac"
-    assert leef.clean_header("a|b") == "a\\x7cb"
+def test_values_are_written_as_they_are():
+    raw = "a\tb\r\nc\x00\x1b[31m\x7f\x85\u2028\u202eevil|x=y"
+    assert leef.clean_value(raw) == raw
+    assert leef.clean_value("lone\udcff") == "lone\\udcff"  # a surrogate is never written
+    assert leef.clean_header("a|b\tc") == "a\\x7cb\\x09c"  # a header: configuration
+
+
+@pytest.mark.parametrize(
+    "values, delimiter, fallback",
+    [
+        (["plain", "values"], "\t", False),
+        (["a\tb"], "^", False),
+        (["a\tb", "c^d"], "~", False),
+        (["\t^~"], "`", False),
+        (["\t", "^", "~", "`"], "\t", True),
+    ],
+)
+def test_choose_delimiter(values, delimiter, fallback):
+    assert leef.DELIMITERS == CANDIDATES
+    assert leef.choose_delimiter(values) == (delimiter, fallback)
+
+
+def test_delimiter_declared_per_event():
+    alert = sample_alerts()["http-host"]
+    for value, delimiter, declared in [("a\tb", "^", "x5e"), ("\t^", "~", "x7e"), ("\t^~", "`", "x60")]:
+        a = hostile_alerts(value)["http"]
+        record = leef.format_alert(a)
+        assert record.split(b"|")[5] == declared.encode()
+        head, got, attrs = parse_leef(record)
+        assert got == delimiter and attrs["hostname"] == value and attrs["userAgent"] == value
+    assert leef.format_alert(alert).split(b"|")[5] == b"x09"
+
+
+def test_every_candidate_in_a_value_falls_back_to_a_visible_tab():
+    """Hostile input holding every candidate: the tab is declared and each tab inside a value
+    is written as the text ``\\x09`` (the one case where LEEF cannot give a value back)."""
+    h = "t\tc^t~b`.example"
+    a = hostile_alerts(h)["http"]
+    record = leef.format_alert(a)
+    head, delimiter, attrs = parse_leef(record)
+    assert delimiter == "\t" and record.split(b"|")[5] == b"x09"
+    shown = h.replace("\t", "\\x09")
+    assert attrs["hostname"] == attrs["userAgent"] == shown
+    assert attrs == {k: no_surrogates(v).replace("\t", "\\x09") for k, v in leef.attributes(a)}
 
 
 @pytest.mark.parametrize("h", HOSTILE, ids=HOSTILE_IDS)
 def test_hostile_values_round_trip(h):
     alerts = hostile_alerts(h)
-    v = visible(h)
+    v = no_surrogates(h)
     for kind, alert in alerts.items():
         attrs = check_round_trip(alert)
         assert attrs["hostname"] == v
@@ -159,8 +216,8 @@ def test_hostile_values_round_trip(h):
         }[kind]  # fmt: skip
         assert set(attrs) == COMMON_KEYS | extra, (kind, h)
     http = check_round_trip(alerts["http"])
-    assert (http["userAgent"], http["matchedPattern"], http["pcapFile"], http["name"]) == (v, v, v, visible("sig " + h))
-    assert http["cat"] == visible("cat " + h) and http["sev"] == "8"
+    assert (http["userAgent"], http["matchedPattern"], http["pcapFile"], http["name"]) == (v, v, v, "sig " + v)
+    assert http["cat"] == "cat " + v and http["sev"] == "8"
     dns = check_round_trip(alerts["dns"])
     assert dns["dnsQuery"] == v and dns["dnsAnswers"] == f"{v} CNAME {v}"
     cert = check_round_trip(alerts["cert"])

@@ -21,8 +21,8 @@ from test_formats_common import (
     HOSTILE_IDS,
     golden_check,
     hostile_alerts,
+    no_surrogates,
     sample_alerts,
-    visible,
 )
 
 from detector.formats import FORMATS, syslog
@@ -46,10 +46,12 @@ def _token(text: str, i: int) -> tuple[str, int]:
 
 
 def parse_5424(record: bytes) -> dict:
-    """RFC 5424 section 6, strictly. Returns the fields, the SD elements (id -> params, in
+    """RFC 5424 section 6, strictly, for one message as the module writes it (ending in the
+    newline that a framing transport drops; a PARAM-VALUE and the MSG may hold any other
+    byte, CR and LF included). Returns the fields, the SD elements (id -> params, in
     order, duplicates rejected) and the MSG bytes."""
-    if not record.endswith(b"\n") or record.count(b"\n") != 1 or b"\r" in record or b"\x00" in record:
-        raise SyslogError("not exactly one line")
+    if not record.endswith(b"\n"):
+        raise SyslogError("not one message ending in a newline")
     m = re.match(rb"<(\d{1,3})>([1-9]\d{0,2}) ", record)
     if not m or int(m.group(1)) > 191 or (len(m.group(1)) > 1 and m.group(1)[0:1] == b"0"):
         raise SyslogError("bad PRI/VERSION")
@@ -124,8 +126,8 @@ def parse_3164(record: bytes) -> dict:
         record,
         re.DOTALL,
     )
-    if not m or b"\n" in m.group(6) or b"\r" in m.group(6):
-        raise SyslogError("not an RFC 3164 line")
+    if not m:
+        raise SyslogError("not an RFC 3164 message")
     return {
         "pri": int(m.group(1)), "timestamp": m.group(2).decode(), "hostname": m.group(3).decode(),
         "tag": m.group(4).decode(), "pid": m.group(5) and m.group(5).decode(), "msg": m.group(6),
@@ -135,8 +137,8 @@ def parse_3164(record: bytes) -> dict:
 def expected_sd(alert: Alert) -> dict[str, str]:
     obs, sig = alert.observation, alert.signature
     return {
-        "sid": str(sig.id), "category": visible(sig.category), "client": obs.client,
-        "hostname": visible(obs.hostname), "evidence": obs.evidence.value, "count": str(alert.count),
+        "sid": str(sig.id), "category": no_surrogates(sig.category), "client": obs.client,
+        "hostname": no_surrogates(obs.hostname), "evidence": obs.evidence.value, "count": str(alert.count),
     }  # fmt: skip
 
 
@@ -144,7 +146,7 @@ def expected_sd(alert: Alert) -> dict[str, str]:
 @pytest.mark.parametrize(
     "record, problem",
     [
-        (b"<13>1 - - - - - -\nx\n", "one line"),
+        (b"<13>1 - - - - - -", "one message"),
         (b"<192>1 - - - - - -\n", "PRI"),
         (b"<13>1 2024-01-01 h a p m -\n", "TIMESTAMP"),
         (b"<13>1 2024-01-01T00:00:00.1234567Z h a p m -\n", "TIMESTAMP"),
@@ -232,10 +234,22 @@ def test_sd_names_are_valid():
         syslog.sd_name(" ")
 
 
-def test_msg_never_holds_a_line_break():
+def test_msg_is_the_payload_as_it_is():
+    """MSG-ANY: the payload's bytes unchanged (CR, LF, NUL included: the transports frame
+    each message); only a byte that is not UTF-8 is written as ``\\xNN``."""
     a = sample_alerts()["dns-query"]
-    p = parse_5424(syslog.wrap(b"a\r\nb\x00c\xffd\n", a, hostname="h"))
-    assert p["msg"] == b"a\\x0d\\x0ab\\x00c\\xffd"
+    p = parse_5424(syslog.wrap(b"a\r\nb\x00c\x1b\xe2\x80\xae\xffd\n", a, hostname="h"))
+    assert p["msg"] == b"a\r\nb\x00c\x1b\xe2\x80\xae\\xffd"
+
+
+def test_param_values_carry_one_layer_only():
+    """RFC 5424 6.3.3: ``"``, ``\\`` and ``]`` escaped, every other character as it is."""
+    raw = "cr\rlf\nnul\x00tab\tesc\x1b del\x7f nel\x85 bidi\u202eevil"
+    assert syslog.param_value(raw) == raw
+    assert syslog.param_value('a"b\\c]d') == 'a\\"b\\\\c\\]d'
+    assert syslog.param_value("lone\udcff") == "lone\\\\udcff"  # a surrogate is never written
+    a = hostile_alerts(raw)["dns"]
+    assert parse_5424(syslog.wrap(b"x\n", a, hostname="h"))["sd"][syslog.SD_ID]["hostname"] == raw
 
 
 @pytest.mark.parametrize("h", HOSTILE, ids=HOSTILE_IDS)
@@ -294,6 +308,18 @@ input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="in")
 """
 
 
+def rsyslog_received(text: str, *, end: bool = False) -> str:
+    """What rsyslog makes of the exact text it receives (an independent restatement of its
+    defaults): ``parser.escapeControlCharactersOnReceive`` (on by default) writes every
+    control character below 0x20, NUL included, as ``#`` and three octal digits, but the
+    tab (exempted by this config); and a LF that ends the whole message is dropped
+    (``parser.dropTrailingLFOnReception``). rsyslog cannot hand a control character on
+    as it is: with that escaping off, 8.2302 drops them (and still escapes NUL)."""
+    if end and text.endswith("\n"):
+        text = text[:-1]
+    return "".join(f"#{ord(c):03o}" if ord(c) < 0x20 and c != "\t" else c for c in text)
+
+
 @pytest.fixture(scope="module")
 def rsyslog(tmp_path_factory):
     exe = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
@@ -333,7 +359,8 @@ def _send(rsyslog, records: list[bytes]) -> list[dict]:
     port, out = rsyslog
     before = out.read_bytes().count(b"\n") if out.exists() else 0
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"".join(records))  # RFC 6587 non-transparent framing: one LF per message
+        # RFC 6587 octet counting, as detector.sinks.syslog frames: a message may hold a LF
+        s.sendall(b"".join(b"%d %s" % (len(r) - 1, r[:-1]) for r in records))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         lines = out.read_bytes().splitlines() if out.exists() else []
@@ -344,6 +371,8 @@ def _send(rsyslog, records: list[bytes]) -> list[dict]:
 
 
 def test_rsyslog_reads_5424(rsyslog):
+    """Every header field back exactly; SD parameters and MSG exactly as rsyslog's
+    receive defaults (``rsyslog_received``) make of the names sent."""
     cases = [(h, a) for h in [*HOSTILE, "plain"] for a in hostile_alerts(h).values()]
     cases += [("sample", a) for a in sample_alerts().values()]
     records = [syslog.wrap(FORMATS["cef"](a), a, hostname="sensor-1.example.net", procid="4242") for _, a in cases]
@@ -354,8 +383,9 @@ def test_rsyslog_reads_5424(rsyslog):
         assert g["pri"] == str(16 * 8 + {1: 4, 2: 5, 3: 6}[alert.severity_number]), h
         assert g["timestamp"] == "2023-11-14T22:13:20.250000Z"
         assert (g["hostname"], g["app_name"], g["procid"], g["msgid"]) == ("sensor-1.example.net", "kaspersky-detector", "4242", "alert")
-        assert g["msg"] == payload[:-1].decode(), h
-        assert json.loads(g["sd"]) == {"rfc5424-sd": {"kdetect@32473": expected_sd(alert)}}, h
+        assert g["msg"] == rsyslog_received(payload[:-1].decode(), end=True), h
+        sd = {k: rsyslog_received(v) for k, v in expected_sd(alert).items()}
+        assert json.loads(g["sd"]) == {"rfc5424-sd": {"kdetect@32473": sd}}, h
 
 
 def test_rsyslog_reads_3164(rsyslog):
@@ -364,4 +394,4 @@ def test_rsyslog_reads_3164(rsyslog):
     got = _send(rsyslog, records)
     for alert, g in zip(cases, got, strict=True):
         assert (g["pri"], g["hostname"], g["app_name"], g["procid"]) == ("132", "sensor-1", "kaspersky-detector", "77")
-        assert g["msg"].lstrip(" ") == FORMATS["leef"](alert)[:-1].decode()
+        assert g["msg"].lstrip(" ") == rsyslog_received(FORMATS["leef"](alert)[:-1].decode(), end=True)

@@ -7,13 +7,18 @@ controls, invalid UTF-8, 63-byte labels and 253-byte names goes through every fo
 The capture is replayed once by the command line with every format written to a file, and
 EVE, CEF and LEEF also sent as RFC 5424 syslog over UDP to sockets this test binds. Then:
 
-- every record is exactly one line (one record per alert, no CR, LF, NUL, ESC, bidi
-  control or other unsafe character raw in it; JSON lines are printable ASCII);
+- every file record is exactly one line (a file is line-framed) and strict UTF-8; JSON
+  records are printable ASCII; every syslog datagram is one whole message per alert;
 - each record is read back by the real parser of its format (``json``; Debian's
-  ``lognormalizer`` for CEF; the strict LEEF 2.0 reader and the strict RFC 5424 parser of
-  the format tests) and its hostname is exactly one of the names sent, in the notation
-  the format promises (CEF, LEEF and syslog write control and bidi characters as visible
-  ``\\xNN``/``\\uNNNN`` text; CEF's own ``\\r``/``\\n`` escapes give CR and LF back);
+  ``lognormalizer`` and the strict CEF reader of the format tests for CEF; the strict
+  LEEF 2.0 reader and the strict RFC 5424 parser of the format tests) and its hostname is
+  exactly one of the names sent: one layer of the format's own escaping, nothing more.
+  Over syslog (UDP frames each message) every format gives every name back exactly, CR,
+  LF, TAB, NUL, ESC and U+202E included. In a file, the one difference is LEEF's: LEEF
+  has no escape, so a CR/LF in a name is written ``\\x0d``/``\\x0a`` there (the file sink's
+  line framing); CEF escapes them itself. lognormalizer reads a line only up to a NUL
+  (C strings): records holding one are read exactly by the strict reader and
+  lognormalizer is held to that limit;
 - the (evidence, hostname) pairs read back equal the names sent, exactly;
 - no record gains a key: CEF and LEEF have exactly the keys the format writes for that
   evidence kind, syslog exactly one SD element with its six parameters, and every JSON
@@ -42,7 +47,6 @@ import test_formats_leef as t_leef
 import test_formats_ocsf as t_ocsf
 import test_formats_syslog as t_syslog
 from helpers import EVE_SCHEMAS, PCAPS
-from test_formats_common import visible
 
 from detector.formats import syslog
 from detector.formats.common import PRODUCT, VENDOR
@@ -118,8 +122,7 @@ def replay(pcap: Path, out: Path) -> dict[str, list[bytes]]:
                     msgs.append(s.recv(65535))
                 except TimeoutError:
                     break
-            assert all(b"\n" not in m for m in msgs), f"syslog-{fmt}: a message holds a line break"
-            got[f"syslog-{fmt}"] = [m + b"\n" for m in msgs]
+            got[f"syslog-{fmt}"] = [m + b"\n" for m in msgs]  # framed by UDP: may hold CR/LF
         return got
     finally:
         for s in socks.values():
@@ -132,13 +135,19 @@ def records(tmp_path_factory) -> dict[str, list[bytes]]:
 
 
 # -- reading each format back -----------------------------------------------------------------
+def file_lines(text: str) -> str:
+    """What a line-framed file shows of text: CR and LF as ``\\x0d``/``\\x0a`` (an
+    independent restatement of ``detector.sinks.file.one_line``)."""
+    return text.replace("\r", "\\x0d").replace("\n", "\\x0a")
+
+
 def one_line_each(recs: list[bytes], output: str) -> None:
     assert len(recs) == len(TRUTH["alerts"]), f"{output}: {len(recs)} records for {len(TRUTH['alerts'])} alerts"
-    delimiter = "\t" if output.endswith("leef") else ""  # LEEF's declared attribute delimiter
     for rec in recs:
-        assert rec.endswith(b"\n") and rec.count(b"\n") == 1 and b"\r" not in rec, rec
-        text = rec[:-1].decode("utf-8")  # strict: no invalid UTF-8, no lone surrogate
-        assert visible(text, keep=delimiter) == text, f"{output}: unsafe character written raw: {text!r}"
+        assert rec.endswith(b"\n")
+        rec[:-1].decode("utf-8")  # strict: no invalid UTF-8, no lone surrogate
+        if not output.startswith("syslog-"):  # a file: one line per record
+            assert rec.count(b"\n") == 1 and b"\r" not in rec, rec
         if output in ("eve", "ecs", "ocsf"):
             assert all(0x20 <= c < 0x7F for c in rec[:-1]), f"{output}: not printable ASCII"
 
@@ -219,31 +228,39 @@ def read_ocsf(recs: list[bytes]) -> Counter:
 
 
 def read_cef(recs: list[bytes], tmp_path_factory) -> Counter:
-    """Back through lognormalizer: header fields exactly, the extension's key set exactly."""
-    show = {k: visible(v, keep="\r\n") for k, v in SENT_TEXT.items()}
-    by_shown = {(k, visible(n, keep="\r\n")): (k, n) for k, n in SENT_TEXT}
+    """Back through lognormalizer and the strict reader: header fields exactly, the
+    extension's key set exactly, the names exactly as sent."""
     out = Counter()
-    for p in t_cef.parse_cef(recs, tmp_path_factory):
-        assert "cef" in p, f"lognormalizer could not parse it: {p}"
-        got = p["cef"]
-        assert set(got) == {*t_cef.HEADER_NAMES, "Extensions"}
-        assert (got["DeviceVendor"], got["DeviceProduct"]) == (VENDOR, PRODUCT)
-        ext = got["Extensions"]
+    parsed = t_cef.parse_cef(recs, tmp_path_factory)
+    cut = t_cef.parse_cef([r.split(b"\x00")[0] + b"\n" for r in recs if b"\x00" in r], tmp_path_factory)
+    for rec, p in zip(recs, parsed, strict=True):
+        head, ext = t_cef.parse_cef_strict(rec)
+        if b"\x00" in rec:  # lognormalizer stops at the NUL: it reads the record cut there
+            assert p == cut.pop(0)
+        else:
+            assert "cef" in p, f"lognormalizer could not parse it: {p}"
+            got = p["cef"]
+            assert set(got) == {*t_cef.HEADER_NAMES, "Extensions"}
+            assert ([got[n] for n in t_cef.HEADER_NAMES], got["Extensions"]) == (head, ext)
+        assert head[:2] == [VENDOR, PRODUCT]
         kind, host = ext["cs1"], ext["dhost"]
         assert set(ext) == CEF_KEYS[kind], (host, set(ext) ^ CEF_KEYS[kind])
         assert ext["src"] == CLIENT
         if kind == DNS_QUERY:
-            assert ext["cs6"] == show[by_shown[(kind, host)]]
+            assert ext["cs6"] == SENT_TEXT[(kind, host)]
         out[(kind, host)] += 1
     return out
 
 
-def read_leef(recs: list[bytes]) -> Counter:
-    shown = {(k, visible(n)): visible(s) for (k, n), s in SENT_TEXT.items()}
+def read_leef(recs: list[bytes], show=lambda s: s) -> Counter:
+    """The strict LEEF reader; ``show`` is what the destination does to a value (a file:
+    ``file_lines``)."""
+    shown = {(k, show(n)): show(s) for (k, n), s in SENT_TEXT.items()}
     out = Counter()
     for rec in recs:
         head, delimiter, attrs = t_leef.parse_leef(rec)
-        assert delimiter == "\t" and head[:2] == [VENDOR, PRODUCT]
+        assert delimiter in t_leef.CANDIDATES and head[:2] == [VENDOR, PRODUCT]
+        assert t_leef.expected_delimiter(list(attrs.values())) == delimiter
         kind, host = attrs["evidence"], attrs["hostname"]
         assert set(attrs) == LEEF_KEYS[kind], (host, set(attrs) ^ LEEF_KEYS[kind])
         assert attrs["dnsQuery" if kind == DNS_QUERY else "tlsSni"] == shown[(kind, host)]
@@ -252,9 +269,11 @@ def read_leef(recs: list[bytes]) -> Counter:
     return out
 
 
-def read_syslog(recs: list[bytes], payloads: list[bytes]) -> Counter:
-    """RFC 5424, strictly: one SD element with exactly its six parameters; the MSG is the
-    format's record (the file's line) unchanged."""
+def read_syslog(output: str, recs: list[bytes], lines: list[bytes], tmp_path_factory) -> Counter:
+    """RFC 5424, strictly: one SD element with exactly its six parameters, the hostname
+    exactly as sent; the MSG is the format's record, read back by its own parser to the
+    same name, and the same as the file's line but for the file's line framing."""
+    fmt = output.removeprefix("syslog-")
     out, msgs = Counter(), []
     for rec in recs:
         p = t_syslog.parse_5424(rec)
@@ -265,12 +284,15 @@ def read_syslog(recs: list[bytes], payloads: list[bytes]) -> Counter:
         assert (sd["client"], sd["count"]) == (CLIENT, "1")
         out[(sd["evidence"], sd["hostname"])] += 1
         msgs.append(p["msg"])
-    assert Counter(msgs) == Counter(line[:-1] for line in payloads)
+    payloads = [m + b"\n" for m in msgs]
+    inner = read_cef(payloads, tmp_path_factory) if fmt == "cef" else (read_eve if fmt == "eve" else read_leef)(payloads)
+    assert inner == out
+    assert Counter(file_lines(m.decode("utf-8")).encode() for m in msgs) == Counter(line[:-1] for line in lines)
     return out
 
 
 def read_back(output: str, recs: dict[str, list[bytes]], tmp_path_factory) -> tuple[Counter, Counter]:
-    """(what the parser read back, what was sent in that format's notation)."""
+    """(what the parser read back, what was sent as that destination shows it)."""
     if output == "eve":
         return read_eve(recs[output]), want()
     if output == "ecs":
@@ -278,10 +300,10 @@ def read_back(output: str, recs: dict[str, list[bytes]], tmp_path_factory) -> tu
     if output == "ocsf":
         return read_ocsf(recs[output]), want()
     if output == "cef":
-        return read_cef(recs[output], tmp_path_factory), want(lambda n: visible(n, keep="\r\n"))
+        return read_cef(recs[output], tmp_path_factory), want()
     if output == "leef":
-        return read_leef(recs[output]), want(visible)
-    return read_syslog(recs[output], recs[output.removeprefix("syslog-")]), want(visible)
+        return read_leef(recs[output], file_lines), want(file_lines)
+    return read_syslog(output, recs[output], recs[output.removeprefix("syslog-")], tmp_path_factory), want()
 
 
 # -- the ground truth is what was sent --------------------------------------------------------

@@ -12,12 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_formats_common import hostile_alerts
+from test_formats_leef import parse_leef
 from test_sinks_common import alert, eve
 
 from detector.errors import SinkError
 from detector.formats import FORMATS
 from detector.outputs import open_outputs, parse_output
 from detector.sinks import SINKS
+from detector.sinks.file import one_line
 
 HEC_TOKEN = "5e1b2c3d-TOKEN-never-printed-77"
 ES_KEY = "c2VjcmV0LWlkOnNlY3JldC1rZXktbmV2ZXItcHJpbnRlZA=="
@@ -129,6 +132,41 @@ def test_several_formats_to_several_files(tmp_path: Path) -> None:
     outs.close()
     for fmt in FORMATS:
         assert (tmp_path / f"{fmt}.log").read_bytes() == FORMATS[fmt](alert(0))
+
+
+@pytest.mark.parametrize(
+    "record, line",
+    [
+        (b"plain\n", b"plain\n"),
+        (b"a\rb\nc\r\n\n", b"a\\x0db\\x0ac\\x0d\\x0a\n"),
+        (b"no newline", b"no newline\n"),
+        (b"tab\tnul\x00esc\x1b\xe2\x80\xae\n", b"tab\tnul\x00esc\x1b\xe2\x80\xae\n"),  # only CR/LF change
+        (b"\\x0d is text\n", b"\\x0d is text\n"),
+    ],
+)
+def test_one_line_frames_a_record_for_a_file(record: bytes, line: bytes) -> None:
+    assert one_line(record) == line
+
+
+def test_a_leef_record_with_line_breaks_is_one_line_in_a_file(tmp_path: Path) -> None:
+    """LEEF cannot escape: a CR/LF from the wire reaches the sink raw; the file (and standard
+    output) write it as ``\\x0d``/``\\x0a`` so the record stays one line; nothing else moves."""
+    h = "cr\rlf\nend.s05.upd.kaspersky.com"
+    a = hostile_alerts(h)["dns"]
+    record = FORMATS["leef"](a)
+    assert b"\r" in record and record.count(b"\n") > 1  # raw from the format
+    f = tmp_path / "leef.log"
+    outs = open_outputs([f"leef:{f}", "cef:" + str(tmp_path / "cef.log")], hostname="s")
+    outs.emit(a)
+    outs.emit(alert(1))
+    outs.close()
+    data = f.read_bytes()
+    assert data.count(b"\n") == 2 and b"\r" not in data
+    first = data.split(b"\n")[0] + b"\n"
+    assert first == record[:-1].replace(b"\r", b"\\x0d").replace(b"\n", b"\\x0a") + b"\n"
+    assert parse_leef(first)[2]["hostname"] == "cr\\x0dlf\\x0aend.s05.upd.kaspersky.com"
+    # CEF escapes CR/LF itself: its record is written unchanged
+    assert (tmp_path / "cef.log").read_bytes() == FORMATS["cef"](a) + FORMATS["cef"](alert(1))
 
 
 def test_reopen_after_rename_logrotate(tmp_path: Path) -> None:

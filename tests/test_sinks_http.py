@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_formats_common import hostile_alerts
 from test_sinks_common import T0, alert, check_at_least_once, eve, make_certs, seq_of, wait_for
 
 from detector.errors import SinkError
@@ -287,6 +288,19 @@ def test_hec_text_formats_are_strings(hec: Collector, certs: dict[str, str]) -> 
     (ev,) = hec.events
     assert ev["event"] == FORMATS["cef"](alert(1)).decode().rstrip("\n")
     assert ev["index"] == "netsec" and ev["sourcetype"] == "cef:kdetect"
+
+
+def test_hec_text_records_keep_their_line_breaks(hec: Collector, certs: dict[str, str]) -> None:
+    """A LEEF value holds a raw CR/LF (LEEF has no escape); HEC's JSON carries it: the event
+    is the record without its own newline, the value's trailing CR/LF kept."""
+    a = hostile_alerts("cr\rlf\nend\r\n")["http"]
+    record = FORMATS["leef"](a)
+    assert record.endswith(b"\r\n\n")  # the capture file's name, the last value, ends in CR LF
+    outs = open_outputs([f"leef:{hec_url(hec)}"], ca=certs["ca"], hostname="s")
+    outs.emit(a)
+    outs.close(5)
+    (ev,) = hec.events
+    assert ev["event"] == record[:-1].decode()
 
 
 def test_hec_outage_and_recovery(hec: Collector, certs: dict[str, str], tmp_path: Path) -> None:

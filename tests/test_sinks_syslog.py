@@ -3,6 +3,10 @@ stream driver, a CA and server certificate made by the test), every format, RFC 
 3164; then faults: rsyslog stopped (SIGTERM by PID) and started again mid-run, and a
 detector closed while the collector is down whose spool a new run drains.
 
+A last test sends a LEEF record holding CR, LF, NUL and other controls to a collector made
+here (a UDP socket; a TCP socket read with strict octet counting): it arrives byte for
+byte (rsyslog would escape or drop those characters on receive).
+
 rsyslog writes each message as ``INPUTNAME RAWMSG`` (``%rawmsg%``: the message exactly as
 received, without the TCP framing; control-character escaping off) to a file the test
 reads back and compares byte for byte with the envelope ``detector.formats.syslog`` makes.
@@ -16,11 +20,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_formats_common import hostile_alerts
+from test_formats_leef import parse_leef
+from test_formats_syslog import parse_5424
 from test_sinks_common import alert, check_at_least_once, make_certs, seq_of, wait_for
 
 from detector.errors import SinkError
@@ -291,3 +299,62 @@ def test_tls_certificate_is_verified(rsyslog: Rsyslog, tmp_path: Path) -> None:
         open_outputs([_dest(rsyslog, "syslog+tls")], ca=other["ca"], hostname="s")
     with pytest.raises(SinkError, match="certificate"):  # the system's CAs do not know it either
         open_outputs([_dest(rsyslog, "syslog+tls")], hostname="s")
+
+
+# -- a hostile name crosses the syslog transports whole ----------------------------------------
+def _octet_counted(data: bytes) -> list[bytes]:
+    """RFC 6587 section 3.4.1, strictly: ``MSG-LEN SP SYSLOG-MSG`` repeated, nothing else."""
+    out, i = [], 0
+    while i < len(data):
+        sp = data.index(b" ", i)
+        length = data[i:sp]
+        assert length.isdigit() and not length.startswith(b"0"), data[i : i + 20]
+        out.append(data[sp + 1 : sp + 1 + int(length)])
+        assert len(out[-1]) == int(length), "a frame cut short"
+        i = sp + 1 + int(length)
+    return out
+
+
+def _stream_collector(srv: socket.socket, got: list[bytes]) -> None:
+    conn, _ = srv.accept()
+    with conn:
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    got.extend(_octet_counted(data))
+
+
+@pytest.mark.parametrize("scheme", ["syslog+udp", "syslog+tcp", "syslog3164+tcp"])
+def test_line_breaks_and_controls_cross_whole(scheme: str) -> None:
+    """A LEEF record holding a name with CR, LF, TAB, NUL, ESC and U+202E (LEEF has no escape)
+    reaches a collector byte for byte in its message: UDP frames it as a datagram, TCP with
+    octet counting. The SD hostname and the LEEF hostname read back exactly as sent."""
+    name = "cr\rlf\nnul\x00tab\tesc\x1b[31m\u202eevil.s05.upd.kaspersky.com"
+    a = hostile_alerts(name)["dns"]
+    host = "sensor-hostile"
+    got: list[bytes] = []
+    kind = socket.SOCK_DGRAM if scheme.endswith("udp") else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as srv:
+        srv.bind(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+        thread = None
+        if kind == socket.SOCK_STREAM:
+            srv.listen(1)
+            thread = threading.Thread(target=_stream_collector, args=(srv, got), daemon=True)
+            thread.start()
+        outs = open_outputs([f"leef:{scheme}://127.0.0.1:{port}"], hostname=host)
+        outs.emit(a)
+        outs.emit(alert(1))
+        outs.close(5)
+        if thread is not None:
+            thread.join(10)
+        else:
+            srv.settimeout(2)
+            got += [srv.recv(65535), srv.recv(65535)]
+    wrap = syslog_format.wrap_3164 if scheme.startswith("syslog3164") else syslog_format.wrap
+    assert got == [wrap(FORMATS["leef"](x), x, hostname=host)[:-1] for x in (a, alert(1))]
+    assert b"\r" in got[0] and b"\n" in got[0] and b"\x00" in got[0]
+    if scheme.startswith("syslog+"):
+        p = parse_5424(got[0] + b"\n")
+        assert p["sd"][syslog_format.SD_ID]["hostname"] == name
+        assert parse_leef(p["msg"] + b"\n")[2]["hostname"] == name

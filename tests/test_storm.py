@@ -14,8 +14,11 @@ from detector.aggregate import Aggregator
 from detector.formats import FORMATS
 from detector.model import Alert, Evidence, Match, Observation
 from detector.signatures import Signature, load_signatures
+from detector.sinks.file import one_line
 from detector.storm import StormControl
 from tests.helpers import EVE_SCHEMAS, dns_query, run_frames
+from tests.test_formats_cef import parse_cef_strict
+from tests.test_formats_leef import parse_leef
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,10 +125,13 @@ def test_bad_settings(threshold: int, window: float, sample: int) -> None:
         StormControl(threshold, window, sample)
 
 
+HOSTILE_NAME = 'evil"\n\x1b[31m|=\\.upd.kaspersky.com'
+
+
 def _aggregate_alert(sigs) -> Alert:
     upd, _ = sigs
     agg = Aggregator(gate=StormControl(threshold=1, window=60, sample=2))
-    hostile = 'evil"\n\x1b[31m|=\\.upd.kaspersky.com'
+    hostile = HOSTILE_NAME
     (a,) = [a for a in feed(agg, [match(upd, 1, "a.upd.kaspersky.com"), match(upd, 2, hostile),
                                    match(upd, 3, "b.upd.kaspersky.com")]) if a.storm is not None]
     return a
@@ -134,8 +140,11 @@ def _aggregate_alert(sigs) -> Alert:
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_aggregate_alert_in_every_format(sigs, fmt: str) -> None:
     a = _aggregate_alert(sigs)
-    line = FORMATS[fmt](a)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1 and b"\x1b" not in line
+    record = FORMATS[fmt](a)
+    assert record.endswith(b"\n") and one_line(record).count(b"\n") == 1
+    if fmt != "leef":  # JSON and CEF escape the sample name's LF themselves (LEEF cannot)
+        assert record.count(b"\n") == 1
+    line = one_line(record)
     text = line.decode("utf-8")
     assert "b.upd.kaspersky.com" in text and "2" in text
     if fmt == "eve":
@@ -148,8 +157,10 @@ def test_aggregate_alert_in_every_format(sigs, fmt: str) -> None:
         assert json.loads(text)["unmapped"]["storm_distinct_names"] == 2
     elif fmt == "cef":
         assert "cn3Label=Storm Distinct Names" in text and "cn3=2" in text
+        assert HOSTILE_NAME in parse_cef_strict(record)[1]["msg"]  # one layer of escaping: exact
     elif fmt == "leef":
         assert "storm_distinct_names=2" in text
+        assert HOSTILE_NAME in parse_leef(record)[2]["storm_sample_names"]
 
 
 def test_eve_aggregate_validates_against_suricata_schema(sigs) -> None:

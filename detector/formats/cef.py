@@ -2,18 +2,26 @@
 
 ``CEF:0|Vendor|Product|Version|SignatureID|Name|Severity| key=value key=value ...``
 
-Escaping (ArcSight "Implementing ArcSight CEF", rev. 25/26):
+Escaping (ArcSight "Implementing ArcSight CEF", rev. 25/26), exactly one layer:
 
-- header fields: ``\\`` -> ``\\\\`` and ``|`` -> ``\\|`` (``HEADER_ESCAPES``);
-- extension values: ``\\`` -> ``\\\\``, ``=`` -> ``\\=``, CR -> ``\\r``, LF -> ``\\n``
-  (``EXTENSION_ESCAPES``); a ``|`` needs no escape there;
-- characters CEF has no escape for and that must never reach a log line raw (other C0
-  controls such as NUL and ESC, DEL, C1 controls, U+2028/U+2029, lone surrogates and the
-  Unicode bidi controls that can make a field display as something else) are first turned
-  into visible text, ``\\xNN`` or ``\\uNNNN`` (``VISIBLE``), the same notation the parsers
-  use for bytes that are not UTF-8; the backslash of that text is then escaped like any
-  other, so a reader gets the characters ``\\x00`` back, never a NUL;
+- extension values: only the spec's escapes, ``\\`` -> ``\\\\``, ``=`` -> ``\\=``, CR ->
+  ``\\r``, LF -> ``\\n`` (``EXTENSION_ESCAPES``); every other character is written as it is
+  (a tab, NUL, ESC, DEL, C1 controls, bidi controls such as U+202E, a ``|``), so a CEF
+  reader gets back exactly the name that crossed the wire (its bytes as UTF-8, each byte
+  that is not UTF-8 already ``\\xNN`` text). A record never holds a raw CR or LF, so it is
+  one line on any transport. The one exception: a lone surrogate is not a character and is
+  never written; it becomes ``\\uDXXX`` text (``SURROGATES``, as in every format), whose
+  backslash is then escaped like any other;
+- header fields: ``\\`` -> ``\\\\`` and ``|`` -> ``\\|`` (``HEADER_ESCAPES``). They come from the
+  signature YAML and this program (vendor, product, version, id, name, severity), never
+  from the wire, and CEF has no escape for CR/LF in a header, so there control characters,
+  DEL, C1, U+2028/U+2029 and bidi controls are first made visible as ``\\xNN``/``\\uNNNN``
+  text (``VISIBLE``);
 - extension keys are fixed names from the CEF dictionary (letters and digits only).
+
+A reader that works on C strings stops at a NUL: liblognorm (rsyslog's mmnormalize,
+``lognormalizer``) returns a value holding a NUL cut short at it. Only DNS can carry a NUL
+in a name; the JSON formats and LEEF give it back whole.
 
 Empty values are left out rather than sent as ``key=`` (some parsers, liblognorm among
 them, reject an empty last value).
@@ -42,6 +50,7 @@ from .common import (
     DNS_KINDS,
     HTTP_KINDS,
     PRODUCT,
+    SURROGATES,
     VENDOR,
     VISIBLE,
     app_protocol,
@@ -60,18 +69,18 @@ SEVERITY = {"high": 8, "medium": 5, "low": 3}
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 LIST_SEPARATOR = "; "
 
-# In the extension CR and LF have escapes of their own; elsewhere they are made visible.
-VISIBLE_EXTENSION = {c: v for c, v in VISIBLE.items() if c not in (0x0A, 0x0D)}
 HEADER_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|"})
 EXTENSION_ESCAPES = str.maketrans({"\\": "\\\\", "=": "\\=", "\r": "\\r", "\n": "\\n"})
 
 
 def escape_header(value: str) -> str:
+    """A header field (configuration, not wire data): controls made visible, then escaped."""
     return value.translate(VISIBLE).translate(HEADER_ESCAPES)
 
 
 def escape_value(value: str) -> str:
-    return value.translate(VISIBLE_EXTENSION).translate(EXTENSION_ESCAPES)
+    """An extension value: the spec's four escapes and nothing else (lone surrogates aside)."""
+    return value.translate(SURROGATES).translate(EXTENSION_ESCAPES)
 
 
 def header(alert: Alert) -> list[str]:

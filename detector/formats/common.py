@@ -1,6 +1,7 @@
 """Helpers every alert format shares, so each derives a field the same way: times,
 severity and confidence levels, the HTTP URL, the signature pack name, and the escaping
-tables for characters no text format can carry."""
+tables: lone surrogates (never written by any format) and the visible notation for text a
+person reads."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ SEPARATORS = (",", ":")
 # A lone surrogate is not a character (strict JSON readers reject its escape): written as text.
 SURROGATES = {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
 # Control characters, C1, bidi controls and surrogates: made visible as \xNN / \uNNNN text
-# by the line formats (CEF, LEEF, syslog).
+# where a person reads (terminal summary, detector report) and in the CEF and LEEF headers
+# (configuration, no escape for CR/LF there). Values from the wire are never passed
+# through it: every format writes them with one layer of its own escaping.
 _UNSAFE = [
     *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
     *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000),

@@ -1,16 +1,32 @@
-"""IBM QRadar Log Event Extended Format (LEEF 2.0), one line per alert.
+"""IBM QRadar Log Event Extended Format (LEEF 2.0), one record per alert.
 
 ``LEEF:2.0|Vendor|Product|Version|EventID|x09|key=value<TAB>key=value...``
 
-LEEF has no escape mechanism, so nothing that could end a field or the record may reach a
-value. The attribute delimiter is declared in the header as ``x09`` (a tab, LEEF 1.0's fixed
-delimiter, which every LEEF reader accepts): a tab is a control character, and every
-control character (tab, CR, LF, NUL, ESC, DEL, C1), U+2028/U+2029, lone surrogates and the
-Unicode bidi controls are written as visible text ``\\xNN`` / ``\\uNNNN`` (``VISIBLE``),
-the notation the parsers already use for bytes that are not UTF-8. So a value can never
-hold the delimiter or a line break; ``=`` and ``|`` need nothing in a value (a reader splits
-a pair at its first ``=``, and the header ends at the sixth ``|``). A header field is made
-visible too and its ``|`` written as ``\\x7c`` (``HEADER_VISIBLE``): LEEF cannot escape it.
+LEEF has no escape mechanism at all, so a value is written exactly as it is: a reader gets
+back the name that crossed the wire (its bytes as UTF-8, each byte that is not UTF-8
+already ``\\xNN`` text), control characters, bidi controls, ``=`` and ``|`` included (a
+reader splits a pair at its first ``=``, and the header ends at the sixth ``|``). Only a
+lone surrogate, not a character, is never written: it becomes ``\\uDXXX`` text
+(``SURROGATES``, as in every format).
+
+What keeps a value from ending its attribute is the delimiter, which LEEF 2.0 declares in
+the header of each event (a character or its hex value, ``x09``): ``DELIMITERS`` are the
+candidates, tab first (LEEF 1.0's fixed delimiter, so an ordinary record is unchanged),
+and each event uses the first one that occurs in none of its values
+(``choose_delimiter``). Only when every candidate occurs somewhere in the event's values
+(hostile input: a name holding a tab, ``^``, ``~`` and a backtick) is the tab used anyway
+and each tab inside a value written as the visible text ``\\x09`` (``FALLBACK_VISIBLE``):
+the one place where a LEEF value can differ from what was sent.
+
+A value may hold a raw CR or LF: transports that frame messages (syslog over UDP, or over
+TCP/TLS with RFC 6587 octet counting) carry them, and a reader gets the name back exactly.
+A line-framed destination (a file, standard output) cannot: ``detector.sinks.file``
+writes a CR/LF inside a record as ``\\x0d``/``\\x0a`` there (``one_line``).
+
+Header fields come from the signature YAML and this program (vendor, product, version,
+event id), never from the wire; LEEF cannot escape in them, so there control characters,
+DEL, C1, U+2028/U+2029 and bidi controls are made visible as ``\\xNN``/``\\uNNNN`` text
+(``VISIBLE``) and a ``|`` is written ``\\x7c`` (``HEADER_VISIBLE``).
 
 Keys: the LEEF 2.0 predefined attributes where one fits (``devTime``/``devTimeFormat``,
 ``cat``, ``sev`` 1-10, ``src``, ``dst``, ``srcPort``, ``dstPort``, ``proto``, ``url``), then
@@ -29,6 +45,7 @@ from .common import (
     DNS_KINDS,
     HTTP_KINDS,
     PRODUCT,
+    SURROGATES,
     VENDOR,
     VISIBLE,
     app_protocol,
@@ -41,8 +58,9 @@ from .common import (
 )
 
 LEEF_VERSION = "2.0"
-DELIMITER = "\t"
-DELIMITER_DECLARATION = "x09"
+#: attribute delimiter candidates, in order of preference (tab: LEEF 1.0's, the usual one)
+DELIMITERS = ("\t", "^", "~", "`")
+DELIMITER = DELIMITERS[0]
 DEV_TIME_FORMAT = "MMM dd yyyy HH:mm:ss.SSS zzz"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 SEVERITY = {"high": 8, "medium": 5, "low": 3}
@@ -50,6 +68,8 @@ PROTO_NAMES = {6: "TCP", 17: "UDP"}
 LIST_SEPARATOR = "; "
 
 HEADER_VISIBLE = {**VISIBLE, ord("|"): "\\x7c"}
+#: when every candidate occurs in a value: the tab, written as visible text inside values
+FALLBACK_VISIBLE = {ord(DELIMITER): "\\x09"}
 
 
 def dev_time(ts: float) -> str:
@@ -59,16 +79,32 @@ def dev_time(ts: float) -> str:
 
 
 def clean_value(value: str) -> str:
-    return value.translate(VISIBLE)
+    """A value as LEEF carries it: unchanged, but for lone surrogates (never written)."""
+    return value.translate(SURROGATES)
 
 
 def clean_header(value: str) -> str:
+    """A header field (configuration, not wire data): controls made visible, ``|`` as ``\\x7c``."""
     return value.translate(HEADER_VISIBLE)
 
 
-def header(alert: Alert) -> list[str]:
+def declaration(delimiter: str) -> str:
+    """The header field declaring ``delimiter``, in LEEF 2.0's hex form (``x09``)."""
+    return f"x{ord(delimiter):02x}"
+
+
+def choose_delimiter(values: list[str]) -> tuple[str, bool]:
+    """The first of ``DELIMITERS`` in none of ``values`` (already cleaned), and False; when
+    every candidate occurs, the first one and True (its occurrences must be made visible)."""
+    for d in DELIMITERS:
+        if not any(d in v for v in values):
+            return d, False
+    return DELIMITER, True
+
+
+def header(alert: Alert, delimiter: str = DELIMITER) -> list[str]:
     """The header fields after ``LEEF:2.0``, uncleaned; the last one declares the delimiter."""
-    return [VENDOR, PRODUCT, product_version(), str(alert.signature.id), DELIMITER_DECLARATION]
+    return [VENDOR, PRODUCT, product_version(), str(alert.signature.id), declaration(delimiter)]
 
 
 def attributes(alert: Alert) -> list[tuple[str, str]]:
@@ -148,6 +184,10 @@ def attributes(alert: Alert) -> list[tuple[str, str]]:
 
 
 def format_alert(alert: Alert) -> bytes:
-    head = "|".join(["LEEF:" + LEEF_VERSION, *(clean_header(f) for f in header(alert))])
-    body = DELIMITER.join(f"{k}={clean_value(v)}" for k, v in attributes(alert))
+    pairs = [(k, clean_value(v)) for k, v in attributes(alert)]
+    delimiter, fallback = choose_delimiter([v for _, v in pairs])
+    if fallback:
+        pairs = [(k, v.translate(FALLBACK_VISIBLE)) for k, v in pairs]
+    head = "|".join(["LEEF:" + LEEF_VERSION, *(clean_header(f) for f in header(alert, delimiter))])
+    body = delimiter.join(f"{k}={v}" for k, v in pairs)
     return f"{head}|{body}\n".encode()

@@ -17,15 +17,21 @@ RFC 5424::
   ``sd_id``). Parameters: sid, category, client, hostname, evidence, count. SD-NAMEs are
   PRINTUSASCII without ``=``, space, ``]`` and ``"``, at most 32 characters (``sd_name``).
   PARAM-VALUEs escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 section 6.3.3,
-  ``PARAM_ESCAPES``); before that, control characters, DEL, C1, U+2028/U+2029, lone
-  surrogates and bidi controls become visible ``\\xNN``/``\\uNNNN`` text (``VISIBLE``), so a
-  value can never end the line. ``sd=False`` writes the NILVALUE instead.
-- MSG: the payload without its trailing newline, UTF-8 (a payload that is not valid UTF-8
-  has the offending bytes written as ``\\xNN``). Plain by default (MSG-ANY): receivers
-  treat it as UTF-8 anyway, and a BOM in front of JSON trips readers that parse the MSG;
-  ``bom=True`` writes the BOM of RFC 5424's MSG-UTF8. A CR, LF or NUL inside the payload
-  (never produced by this package's formats) is written as ``\\x0d``/``\\x0a``/``\\x00``;
-  nothing else in the payload is touched (a LEEF payload keeps its tab delimiters).
+  ``PARAM_ESCAPES``) and nothing else: a control character, a tab, CR, LF, NUL, a bidi
+  control is written as it is (a PARAM-VALUE is any UTF-8), so a reader gets back exactly
+  the name that crossed the wire. Only a lone surrogate, not a character, is never
+  written: it becomes ``\\uDXXX`` text (``SURROGATES``), then escaped like any text.
+  ``sd=False`` writes the NILVALUE instead.
+- MSG: the payload without its trailing newline, its bytes as they are (MSG-ANY; a
+  payload that is not valid UTF-8 has the offending bytes written as ``\\xNN``). Plain by
+  default: receivers treat it as UTF-8 anyway, and a BOM in front of JSON trips readers
+  that parse the MSG; ``bom=True`` writes the BOM of RFC 5424's MSG-UTF8.
+
+So a message may hold a raw CR or LF (in a PARAM-VALUE, or in a LEEF payload's value):
+the syslog sinks frame every message themselves (one UDP datagram; RFC 6587 octet
+counting over TCP and TLS, ``detector.sinks.syslog``), so it arrives whole and exact. A
+receiver that frames by line (RFC 6587 non-transparent framing) would cut it there;
+rsyslog's imtcp and syslog-ng's ``syslog()`` source read octet counting.
 
 RFC 3164::
 
@@ -45,7 +51,7 @@ import enum
 from datetime import datetime, timezone
 
 from ..model import Alert
-from .common import VISIBLE, iso_utc, severity_level, storm_text
+from .common import SURROGATES, iso_utc, severity_level, storm_text
 
 
 class Facility(enum.IntEnum):
@@ -105,7 +111,6 @@ SD_NAME_FORBIDDEN = frozenset(b'= ]"')
 TAG_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 REPLACEMENT = "_"
 PARAM_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "]": "\\]"})
-MSG_ESCAPES = ((b"\r", b"\\x0d"), (b"\n", b"\\x0a"), (b"\x00", b"\\x00"))
 
 
 def pri(facility: int, severity: int) -> int:
@@ -133,7 +138,8 @@ def sd_name(name: str) -> str:
 
 
 def param_value(value: str) -> str:
-    return value.translate(VISIBLE).translate(PARAM_ESCAPES)
+    """A PARAM-VALUE: ``"``, ``\\`` and ``]`` escaped, nothing else (lone surrogates aside)."""
+    return value.translate(SURROGATES).translate(PARAM_ESCAPES)
 
 
 def sd_params(alert: Alert) -> list[tuple[str, str]]:
@@ -158,8 +164,6 @@ def structured_data(alert: Alert, sd_id: str = SD_ID) -> str:
 def _msg(payload: bytes) -> bytes:
     if payload.endswith(b"\n"):
         payload = payload[:-1]
-    for raw, shown in MSG_ESCAPES:
-        payload = payload.replace(raw, shown)
     return payload.decode("utf-8", "backslashreplace").encode("utf-8")
 
 

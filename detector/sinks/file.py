@@ -10,6 +10,13 @@ Rotation, either way:
   that would take the file past ``max_bytes``, ``FILE`` becomes ``FILE.1``, ``FILE.1``
   becomes ``FILE.2`` and so on up to ``FILE.<backups>`` (the oldest is removed), like
   Python's ``RotatingFileHandler``.  A record is never split across two files.
+
+Line framing: a reader of a file splits it into records at line breaks, so a record may
+hold no line break but its last.  LEEF values have no escape, so a LEEF record can hold
+a raw CR or LF from a hostile name (the other formats escape them: JSON and CEF as
+``\\r``/``\\n``); here, and only in line-framed destinations, such a CR/LF is written as
+the text ``\\x0d``/``\\x0a`` (``one_line``).  Every other byte of the record is written as
+the format made it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,17 @@ from ..errors import SinkError
 from ..model import Alert
 
 DEFAULT_BACKUPS = 5
+LINE_BREAKS = ((b"\r", b"\\x0d"), (b"\n", b"\\x0a"))
+
+
+def one_line(record: bytes) -> bytes:
+    """``record`` (ending in a newline) as one line: a CR or LF before its final newline is
+    written as ``\\x0d``/``\\x0a`` text.  For any line-framed destination."""
+    body = record[:-1] if record.endswith(b"\n") else record
+    if b"\r" in body or b"\n" in body:
+        for raw, shown in LINE_BREAKS:
+            body = body.replace(raw, shown)
+    return body + b"\n"
 
 
 class FileSink:
@@ -97,7 +115,7 @@ class FileSink:
         self.written += 1
 
     def emit(self, payload: bytes, alert: Alert) -> None:
-        self.write(payload)
+        self.write(one_line(payload))
 
     def flush(self, timeout: float = 0.0) -> bool:
         if self._reopen:

@@ -67,7 +67,10 @@ def _as_json_object(payload: bytes) -> dict[str, Any] | None:
 
 
 def _text(payload: bytes) -> str:
-    return payload.decode("utf-8", "backslashreplace").rstrip("\n")
+    """A text record as a JSON string, without its own newline only: a LEEF value may end
+    in a CR/LF of its own (JSON carries it escaped)."""
+    text = payload.decode("utf-8", "backslashreplace")
+    return text[:-1] if text.endswith("\n") else text
 
 
 def hec_encoder(fmt: str, hostname: str, options: dict[str, str]) -> Encoder:
