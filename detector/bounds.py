@@ -7,7 +7,8 @@ over ``--jobs`` workers) and for the live metrics (each worker ships it in its s
 
 | table (owner)                         | cap (default)                                  | eviction rule                               |
 |---------------------------------------|------------------------------------------------|---------------------------------------------|
-| TCP streams (decode/flows.FlowTable)  | 150,000 entries; 32 KiB + 32 KiB out-of-order per stream; 32 MiB buffered in all | oldest entry; oldest undecided stream given up (decided) |
+| TCP streams (decode/flows.FlowTable)  | 100,000 entries; 32 KiB + 32 KiB out-of-order per stream; 32 MiB buffered in all | oldest entry; oldest undecided stream given up (decided) |
+| flow counters (decode/flowcount.FlowCounters) | 100,000 flows                  | least recently seen flow                    |
 | IP fragments (decode/ip.IPDecoder)    | 4,096 datagrams, 16 MiB (payload + 96 B per piece), 256 pieces per datagram, 30 s | oldest datagram; a datagram past 256 pieces |
 | QUIC CRYPTO (parsers/quic.QuicTracker)| 4,096 connections, 64 KiB each, 16 MiB in all, 30 s | least recently seen connection |
 | DNS transactions (pipeline)           | 65,536 outstanding queries                     | oldest                                      |

@@ -40,7 +40,7 @@ DNS_PORT = 53
 MAX_HTTP_REQUESTS = 32  # request heads parsed per connection (keep-alive, proxies)
 MAX_DNS_TXNS = 65536  # outstanding DNS queries remembered to pair answers with
 MAX_EVIDENCE_ANSWERS = 16
-MAX_DONE_RAW = 100_000  # (with 150,000 flows: a flood of new flows stays under 200 MB)
+MAX_DONE_RAW = 100_000  # (with 100,000 flows and flow counters: a flood of new flows stays under 200 MB)
 MAX_DNS_CACHE = 4096  # distinct DNS messages kept parsed
 MAX_DNS_CACHED_WIRE = 512  # ... each at most this long (a parsed 64 KiB answer is big)
 MAX_HOSTS = 10_000  # clients the summary lists alerts for; more are counted together
@@ -116,7 +116,7 @@ class Detector:
         *,
         dedup: bool = True,
         window: float = 3600.0,
-        max_flows: int = 150_000,
+        max_flows: int = 100_000,
         max_stream: int = 32 * 1024,
         strict: bool = False,
         collect: bool = False,

@@ -246,5 +246,5 @@ def test_flow_table_streams_lists_only_undecided() -> None:
 
 def test_flow_table_defaults() -> None:
     t = FlowTable()
-    assert t.max_flows == 150_000
+    assert t.max_flows == 100_000
     assert t.max_stream == 32 * 1024

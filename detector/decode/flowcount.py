@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-MAX_FLOWS = 200_000
+MAX_FLOWS = 100_000
 SYN, ACK = 0x02, 0x10
 
 Endpoint = tuple[str, int]
@@ -38,22 +38,26 @@ CoreCounters = tuple  # (start_ts, pkts_fwd, bytes_fwd, pkts_rev, bytes_rev[, to
 class FlowRecord:
     """The counters of one flow.  ``pkts``/``bytes`` are (to_server, to_client)."""
 
-    __slots__ = ("key", "client", "start", "own", "core", "core_start", "live")
+    # Slots, and the four own counters as slots rather than a list: a flood of new flows
+    # holds 100,000s of these.
+    __slots__ = ("key", "client", "start", "pts", "bts", "ptc", "btc", "core", "core_start", "live")
 
     def __init__(self, key: tuple, client: Endpoint, ts: float) -> None:
         self.key = key
         self.client = client  # (address, port) of the sender of the first packet seen
         self.start = ts
-        self.own = [0, 0, 0, 0]  # counted here: pkts_ts, bytes_ts, pkts_tc, bytes_tc
+        self.pts = self.bts = self.ptc = self.btc = 0  # counted here: packets, bytes to server / to client
         self.core: tuple[int, int, int, int] | None = None  # the capture layer's, absolute
         self.core_start: float | None = None
         self.live = True  # still in the table (a decided stream's raw-skip entry may outlive it)
 
     def add(self, to_server: bool, length: int) -> None:
-        own = self.own
-        i = 0 if to_server else 2
-        own[i] += 1
-        own[i + 1] += length
+        if to_server:
+            self.pts += 1
+            self.bts += length
+        else:
+            self.ptc += 1
+            self.btc += length
 
     def absolute(self, counters: CoreCounters, sender: Endpoint) -> None:
         """Counters a capture layer counted, this packet included (see the module doc)."""
@@ -64,12 +68,11 @@ class FlowRecord:
 
     def counts(self) -> tuple[float, int, int, int, int]:
         """(start, pkts_toserver, bytes_toserver, pkts_toclient, bytes_toclient)."""
-        o = self.own
         c = self.core
         if c is None:
-            return self.start, o[0], o[1], o[2], o[3]
+            return self.start, self.pts, self.bts, self.ptc, self.btc
         start = self.start if self.core_start is None else min(self.start, self.core_start)
-        return start, c[0] + o[0], c[1] + o[1], c[2] + o[2], c[3] + o[3]
+        return start, c[0] + self.pts, c[1] + self.bts, c[2] + self.ptc, c[3] + self.btc
 
     def direction(self, sender: Endpoint) -> str:
         return "to_server" if sender == self.client else "to_client"

@@ -79,7 +79,7 @@ class Stream:
 
 
 class FlowTable:
-    def __init__(self, max_flows: int = 150_000, max_stream: int = 32 * 1024, max_bytes: int = 32 << 20) -> None:
+    def __init__(self, max_flows: int = 100_000, max_stream: int = 32 * 1024, max_bytes: int = 32 << 20) -> None:
         self.max_flows = max_flows
         self.max_stream = max_stream
         self.max_bytes = max_bytes
