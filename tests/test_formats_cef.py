@@ -72,15 +72,9 @@ class CefError(ValueError):
     pass
 
 
-def parse_cef_strict(record: bytes) -> tuple[list[str], dict[str, str]]:
-    """CEF by its specification, strictly: one line; seven header fields split at unescaped
-    ``|`` (escapes ``\\\\`` and ``\\|`` only); then pairs ``key=value`` separated by a space,
-    where a key is letters, digits and ``_`` ending at an unescaped ``=`` (every ``=`` of a
-    value is escaped) and a value's escapes are ``\\\\``, ``\\=``, ``\\r``, ``\\n`` only.
-    Returns the six header fields after ``CEF:0`` and the extension."""
-    if not record.endswith(b"\n") or record.count(b"\n") != 1 or b"\r" in record:
-        raise CefError("not exactly one line")
-    text = record[:-1].decode("utf-8")  # strict
+def split_header(text: str) -> tuple[list[str], int]:
+    """The seven header fields (``CEF:0`` first) split at unescaped ``|``, unescaped
+    (``\\\\`` and ``\\|`` only), and the index where the extension begins."""
     fields, cur, i = [], "", 0
     while len(fields) < 7:
         if i >= len(text):
@@ -97,6 +91,19 @@ def parse_cef_strict(record: bytes) -> tuple[list[str], dict[str, str]]:
         else:
             cur += c
         i += 1
+    return fields, i
+
+
+def parse_cef_strict(record: bytes) -> tuple[list[str], dict[str, str]]:
+    """CEF by its specification, strictly: one line; seven header fields split at unescaped
+    ``|`` (escapes ``\\\\`` and ``\\|`` only); then pairs ``key=value`` separated by a space,
+    where a key is letters, digits and ``_`` ending at an unescaped ``=`` (every ``=`` of a
+    value is escaped) and a value's escapes are ``\\\\``, ``\\=``, ``\\r``, ``\\n`` only.
+    Returns the six header fields after ``CEF:0`` and the extension."""
+    if not record.endswith(b"\n") or record.count(b"\n") != 1 or b"\r" in record:
+        raise CefError("not exactly one line")
+    text = record[:-1].decode("utf-8")  # strict
+    fields, i = split_header(text)
     if fields[0] != "CEF:0":
         raise CefError(f"not CEF:0: {fields[0]!r}")
     # the extension: decode escapes, remembering where the unescaped "=" are
@@ -284,19 +291,7 @@ def test_hostile_header_without_a_parser(h):
     # space leads into the extension.
     for alert in hostile_alerts(h).values():
         line = cef.format_alert(alert).decode()
-        fields, cur, i = [], "", 0
-        while len(fields) < 7:
-            c = line[i]
-            if c == "\\":
-                assert line[i + 1] in "\\|", f"bad header escape in {line!r}"
-                cur, i = cur + line[i + 1], i + 2
-                continue
-            if c == "|":
-                fields.append(cur)
-                cur = ""
-            else:
-                cur += c
-            i += 1
+        fields, i = split_header(line)
         assert fields == ["CEF:0", *expected(alert)[0]]
         assert line[i] == " " and line[i + 1] != " "
         assert "\r" not in line and line.count("\n") == 1

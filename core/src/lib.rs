@@ -370,37 +370,6 @@ mod python {
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             stats_dict(py, &self.cls.stats, self.cls.flows_open())
         }
-
-        /// Alert-storm muting (`mute.rs`): count, not hand up, the plain DNS questions of
-        /// `client` (4 or 16 address bytes) under `suffixes` until `until`, except names
-        /// whose `name_key` is in `except`; false if it cannot (table full, no suffix).
-        #[pyo3(signature = (client, key, until, suffixes, except, sample, repeats=false))]
-        #[allow(clippy::too_many_arguments)]
-        fn mute(
-            &mut self,
-            client: &[u8],
-            key: u64,
-            until: f64,
-            suffixes: Vec<Vec<u8>>,
-            except: Vec<u64>,
-            sample: usize,
-            repeats: bool,
-        ) -> PyResult<bool> {
-            Ok(self.cls.mutes.add(
-                addr_of(client)?,
-                key,
-                until,
-                suffixes,
-                except,
-                sample,
-                repeats,
-            ))
-        }
-
-        /// End a mute: `(hits, distinct, exact, first, last, sample)` or None if it counted nothing.
-        fn take_mute(&mut self, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
-            take_counted(&mut self.cls, client, key)
-        }
     }
 
     #[pymodule]

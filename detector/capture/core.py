@@ -97,7 +97,7 @@ def live_classifier(matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD) -> obj
 
 
 class StormMuter:
-    """``storm.Muter`` over a scanner or a live classifier (``core/src/mute.rs``): counts a
+    """``storm.Muter`` over a replay scanner (``core/src/mute.rs``): counts a
     folding window's plain DNS questions in the core, under the signature's suffixes that no
     other signature claims; the exact names of other signatures under them go as exceptions."""
 
