@@ -8,7 +8,6 @@ once a stream is decided it costs one dict lookup per packet.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import ipaddress
 from collections import Counter, OrderedDict
@@ -542,7 +541,7 @@ class Detector:
                 if len(cache) > MAX_DNS_CACHE:
                     cache.popitem(last=False)
             return msg
-        return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
+        return msg.with_id((wire[0] << 8) | wire[1])
 
     def _no_anchor(self, wire: bytes) -> bool:
         """True when a DNS message cannot name anything we match (cheap byte search before

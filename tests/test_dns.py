@@ -353,3 +353,18 @@ def test_simple_path_is_taken_for_a_plain_query_and_an_empty_answer() -> None:
         wire = m.to_wire()
         assert dnsp._simple(wire) is not None and dnsp._simple(wire) == dnsp._full(wire)
     assert dnsp._simple(dns.message.make_query("a\\.b.example", "A").to_wire()) is None  # needs escaping
+
+
+def test_dns_message_with_id_is_replace():
+    """``DnsMessage.with_id`` (the pipeline's DNS cache) copies every field but the id; a
+    field added later and forgotten there fails here."""
+    import dataclasses
+
+    from detector.parsers.dns import DnsMessage, DnsQuestion
+
+    values = {"id": 1, "qr": True, "opcode": 2, "rcode": "NXDOMAIN", "flags": 0x8183,
+              "questions": (DnsQuestion("a.example", "A", ("a", "example")),), "answers": (), "truncated": True,
+              "answer_count": 3}
+    assert set(values) == {f.name for f in dataclasses.fields(DnsMessage)}
+    msg = DnsMessage(**values)
+    assert msg.with_id(0xBEEF) == dataclasses.replace(msg, id=0xBEEF)

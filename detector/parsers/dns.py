@@ -107,6 +107,12 @@ class DnsMessage:
     truncated: bool = False  # cut by the snaplen: only what lay whole in the captured bytes
     answer_count: int = 0  # a cut message: the answer records its header counts (some may be cut)
 
+    def with_id(self, ident: int) -> DnsMessage:
+        """The same message under another 16-bit id (``dataclasses.replace``, without its
+        per-call field introspection: the pipeline's parsed-message cache calls it often)."""
+        return DnsMessage(ident, self.qr, self.opcode, self.rcode, self.flags, self.questions, self.answers,
+                          self.truncated, self.answer_count)
+
 
 def _target(rd: object) -> Labels | None:
     for attr in ("target", "exchange"):
