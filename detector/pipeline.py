@@ -253,14 +253,19 @@ class Detector:
     def _frame(self, ts: float, linktype: int, data: bytes, depth: int) -> None:
         """Decode one frame; ``depth`` is how many tunnels it was taken out of (0: as captured)."""
         st = self.stats
-        link = strip_link(linktype, data)
-        if link is None:
-            st.skipped["not-ip"] += 1
-            return
-        version, off, vlans = link
-        ip = self.ip.decode(version, data, off, ts)
-        if ip is None:
-            return  # a fragment held for reassembly
+        ip = self.ip.plain_ethernet_ipv4(data) if linktype == 1 else None  # the common frame, quickly
+        vlans: tuple[int, ...] = ()
+        if ip is not None:
+            version = 4
+        else:
+            link = strip_link(linktype, data)
+            if link is None:
+                st.skipped["not-ip"] += 1
+                return
+            version, off, vlans = link
+            ip = self.ip.decode(version, data, off, ts)
+            if ip is None:
+                return  # a fragment held for reassembly
         if depth == 0:
             st.ip_packets += 1
         src, dst, proto, l4 = ip
