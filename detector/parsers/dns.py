@@ -23,18 +23,19 @@ captured bytes; ``DnsMessage.truncated`` says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import dns.exception
 import dns.ipv4
 import dns.ipv6
-import dns.message
-import dns.name
-import dns.opcode
 import dns.rcode
-import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
+
+if TYPE_CHECKING:  # imported where used (_dnspython): the common messages never need them
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdataclass
 
 from ..errors import DecodeError
 
@@ -114,6 +115,15 @@ class DnsMessage:
         per-call field introspection: the pipeline's parsed-message cache calls it often)."""
         return DnsMessage(ident, self.qr, self.opcode, self.rcode, self.flags, self.questions, self.answers,
                           self.truncated, self.answer_count)
+
+
+def _dnspython() -> None:
+    """Import the parts of dnspython that only the general path uses (about 50 ms at
+    start-up that a capture of common messages never needs)."""
+    import dns.message  # noqa: F401
+    import dns.name  # noqa: F401
+    import dns.rdata  # noqa: F401
+    import dns.rdataclass  # noqa: F401
 
 
 def _target(rd: object) -> Labels | None:
@@ -352,6 +362,7 @@ def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
 
 def _full(wire: bytes, cut: bool = False) -> DnsMessage:
     """Any message, by dnspython (or as far as its bytes go, when ``cut``)."""
+    _dnspython()
     try:
         if cut:
             return _parse_cut(wire)
