@@ -35,7 +35,8 @@ REV = 1
 PKT_SRC = "wire/pcap"  # what Suricata writes for a packet read from a capture or an interface
 UNDETERMINED = "UNDETERMINED"  # Suricata's tls.version when the version is not known
 # json.dumps(doc, ensure_ascii=..., separators=...) builds this same encoder on every call.
-_ENCODE = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, separators=SEPARATORS).encode
+# A record is a tree built fresh by to_dict (no cycles): the encoder need not look for any.
+_ENCODE = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, separators=SEPARATORS, check_circular=False).encode
 
 
 def timestamp(ts: float) -> str:
@@ -117,6 +118,11 @@ def _flow(alert: Alert) -> dict[str, Any] | None:
             "start": timestamp(start), "src_ip": src, "dest_ip": dst, "src_port": sport, "dest_port": dport}
 
 
+# Detail keys copied into alert.metadata, in this order.
+_META_DETAIL = ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated")
+_META_DETAIL_SET = frozenset(_META_DETAIL)
+
+
 def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     obs = alert.observation
     sig = alert.signature
@@ -149,7 +155,7 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     if detail.get("client_name"):  # the client's own name, from DHCP or a DNS PTR answer
         meta["client_hostname"] = [str(detail["client_name"])]
         meta["client_hostname_source"] = [str(detail.get("client_name_source") or "")]
-    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated"):
+    for key in _META_DETAIL if not _META_DETAIL_SET.isdisjoint(detail) else ():
         val = detail.get(key)
         if val:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
