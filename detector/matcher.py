@@ -32,6 +32,9 @@ MAX_NAME_TEXT = 253 * 4
 DOT_IN_LABEL = "\x00"
 
 
+MAX_CACHED_LOOKUPS = 8192  # names whose lookup answer a Matcher keeps
+
+
 def _lower(name: str) -> str:
     return name.translate(_ASCII_LOWER)
 
@@ -102,6 +105,11 @@ class Matcher:
         self.dns_anchors = _anchors(signatures)
         self._ports: dict[tuple[int, int], Signature] = {}
         self._excl: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {}  # exclusive_suffixes, per signature id
+        # Answers of lookup() and lookup_labels() by name: the same names come again and
+        # again (every client's queries, each answer).  The index never changes once built
+        # and a Hit is frozen, so a cached answer is the answer; emptied when full.
+        self._by_name: dict[str, Hit | None] = {}
+        self._by_labels: dict[tuple[str, ...], Hit | None] = {}
         for i, sig in enumerate(self._sigs):
             self._exact.update(dict.fromkeys(sig.names, i))
             self.size += len(sig.names)
@@ -206,14 +214,35 @@ class Matcher:
 
     def lookup(self, hostname: str) -> Hit | None:
         """The most specific signature for a raw hostname, or None."""
+        cache = self._by_name
+        try:
+            return cache[hostname]
+        except KeyError:
+            pass
         name = normalise(hostname)
-        if name is None:
-            return None
-        return self.lookup_normalised(name)
+        hit = None if name is None else self.lookup_normalised(name)
+        if len(cache) >= MAX_CACHED_LOOKUPS:
+            cache.clear()
+        cache[hostname] = hit
+        return hit
 
     def lookup_labels(self, labels: Sequence[str]) -> Hit | None:
         """The most specific signature for a name given as its wire labels (DNS), or None.
         ``Hit.name`` is the displayed name (labels joined by dots)."""
+        if type(labels) is not tuple:
+            return self._lookup_labels(labels)
+        cache = self._by_labels
+        try:
+            return cache[labels]
+        except KeyError:
+            pass
+        hit = self._lookup_labels(labels)
+        if len(cache) >= MAX_CACHED_LOOKUPS:
+            cache.clear()
+        cache[labels] = hit
+        return hit
+
+    def _lookup_labels(self, labels: Sequence[str]) -> Hit | None:
         norm = normalise_labels(labels)
         if norm is None:
             return None

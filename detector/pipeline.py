@@ -8,7 +8,6 @@ once a stream is decided it costs one dict lookup per packet.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import ipaddress
 from collections import Counter, OrderedDict
@@ -255,14 +254,19 @@ class Detector:
     def _frame(self, ts: float, linktype: int, data: bytes, depth: int) -> None:
         """Decode one frame; ``depth`` is how many tunnels it was taken out of (0: as captured)."""
         st = self.stats
-        link = strip_link(linktype, data)
-        if link is None:
-            st.skipped["not-ip"] += 1
-            return
-        version, off, vlans = link
-        ip = self.ip.decode(version, data, off, ts)
-        if ip is None:
-            return  # a fragment held for reassembly
+        ip = self.ip.plain_ethernet_ipv4(data) if linktype == 1 else None  # the common frame, quickly
+        vlans: tuple[int, ...] = ()
+        if ip is not None:
+            version = 4
+        else:
+            link = strip_link(linktype, data)
+            if link is None:
+                st.skipped["not-ip"] += 1
+                return
+            version, off, vlans = link
+            ip = self.ip.decode(version, data, off, ts)
+            if ip is None:
+                return  # a fragment held for reassembly
         if depth == 0:
             st.ip_packets += 1
         src, dst, proto, l4 = ip
@@ -543,7 +547,7 @@ class Detector:
                 if len(cache) > MAX_DNS_CACHE:
                     cache.popitem(last=False)
             return msg
-        return dataclasses.replace(msg, id=(wire[0] << 8) | wire[1])
+        return msg.with_id((wire[0] << 8) | wire[1])
 
     def _no_anchor(self, wire: bytes) -> bool:
         """True when a DNS message cannot name anything we match (cheap byte search before

@@ -353,3 +353,139 @@ def test_simple_path_is_taken_for_a_plain_query_and_an_empty_answer() -> None:
         wire = m.to_wire()
         assert dnsp._simple(wire) is not None and dnsp._simple(wire) == dnsp._full(wire)
     assert dnsp._simple(dns.message.make_query("a\\.b.example", "A").to_wire()) is None  # needs escaping
+
+
+def test_dns_message_with_id_is_replace():
+    """``DnsMessage.with_id`` (the pipeline's DNS cache) copies every field but the id; a
+    field added later and forgotten there fails here."""
+    import dataclasses
+
+    from detector.parsers.dns import DnsMessage, DnsQuestion
+
+    values = {"id": 1, "qr": True, "opcode": 2, "rcode": "NXDOMAIN", "flags": 0x8183,
+              "questions": (DnsQuestion("a.example", "A", ("a", "example")),), "answers": (), "truncated": True,
+              "answer_count": 3}
+    assert set(values) == {f.name for f in dataclasses.fields(DnsMessage)}
+    msg = DnsMessage(**values)
+    assert msg.with_id(0xBEEF) == dataclasses.replace(msg, id=0xBEEF)
+
+
+# -- the fast path for common answers agrees with dnspython -------------------------------------
+_POOL = [b"www", b"WWW", b"cdn", b"upd", b"kaspersky", b"KasperSky", b"com", b"x-1", b"_tcp", b"a\\b", b"a.b", b"\xff"]
+
+
+@st.composite
+def _response_candidates(draw) -> bytes:
+    """Responses built byte by byte: names plain or not, compressed (pointers valid or
+    not), A/AAAA/CNAME and other records, repeated owners and rdata, odd TTLs, an OPT or
+    other additional record; then maybe a few bytes changed or the tail cut."""
+    out = bytearray()
+    names: list[int] = []  # offsets where a name starts (pointer targets)
+    clean = draw(st.booleans())  # only what the fast path takes (and dnspython reads alike)
+
+    def pick(good: list, bad: list):
+        return draw(st.sampled_from(good if clean else good + bad))
+
+    def name() -> bytes:
+        kind = pick(["plain", "pointer", "tail"], ["badptr", "plain"])
+        if kind == "pointer" and names:
+            return struct.pack("!H", 0xC000 | draw(st.sampled_from(names)))
+        if kind == "badptr":
+            return struct.pack("!H", 0xC000 | draw(st.integers(0, len(out) + 40)))
+        labels = draw(st.lists(st.sampled_from(_POOL[:-3] if clean else _POOL), min_size=0 if kind == "plain" else 1, max_size=4))
+        body = b"".join(bytes([len(x)]) + x for x in labels)
+        if kind == "tail" and names:
+            return body + struct.pack("!H", 0xC000 | draw(st.sampled_from(names)))
+        return body + b"\x00"
+
+    flags = pick([0x8180, 0x8580, 0x8183, 0x8182, 0x8380, 0x8185], [0x0100, 0x8980])
+    n_an = draw(st.integers(0, 5))
+    additional = pick(["none", "opt", "opt-options"], ["opt-ext", "opt-notroot", "a"])
+    n_ns = pick([0], [1])
+    out += struct.pack("!HHHHHH", draw(st.integers(0, 0xFFFF)), flags, pick([1], [2]), n_an,
+                       n_ns, 0 if additional == "none" else 1)
+    names.append(len(out))
+    out += name() + struct.pack("!HH", draw(st.sampled_from([1, 28, 5, 255, 0])), 1)
+    for _ in range(n_an + n_ns):
+        start = len(out)
+        owner = name()
+        rdtype = pick([1, 28, 5], [2, 16])
+        if rdtype in (1, 28):
+            rdata = pick([b"\xc6\x12\x00\x01", b"\xc6\x12\x00\x02", b"\x00" * 4], [b"\x01\x02\x03"])
+            if rdtype == 28:
+                rdata = draw(st.sampled_from([bytes(16), b"\x20\x01\x0d\xb8" + bytes(11) + b"\x01",
+                                              bytes(10) + b"\xff\xff\xc6\x12\x00\x01", bytes(12) + b"\x01\x02\x03\x04"]))
+        elif rdtype == 16:
+            rdata = b"\x03abc"
+        else:
+            rdata = name()
+        if not clean and draw(st.integers(0, 4)) == 0:
+            rdata += b"\x00"  # a byte too many
+        ttl = draw(st.sampled_from([0, 60, 300, 59, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]))
+        out += owner + struct.pack("!HHIH", rdtype, pick([1], [3]), ttl, len(rdata))
+        rd_at = len(out)
+        out += rdata
+        names.append(start)
+        if rdtype in (5, 2):
+            names.append(rd_at)
+    if additional.startswith("opt"):
+        options = b"\x00\x0f\x00\x02\x00\x05" if additional == "opt-options" else b""
+        ext = b"\x01\x00\x00\x00" if additional == "opt-ext" else b"\x00\x00\x80\x00"
+        out += (b"\xc0\x0c" if additional == "opt-notroot" else b"\x00") + b"\x00\x29\x04\xd0" + ext
+        out += struct.pack("!H", len(options)) + options
+    elif additional == "a":
+        out += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc6\x12\x00\x09"
+    if draw(st.booleans()):
+        out += draw(st.binary(max_size=4))  # trailing bytes (dnspython ignores them)
+    if not clean:
+        for _ in range(draw(st.integers(0, 2))):
+            out[draw(st.integers(2, len(out) - 1))] = draw(st.integers(0, 255))
+        if draw(st.booleans()):
+            del out[draw(st.integers(12, len(out))):]
+    return bytes(out)
+
+
+@settings(max_examples=4000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(_response_candidates())
+def test_response_fast_path_matches_dnspython(wire: bytes) -> None:
+    fast = dnsp._simple_response(wire)
+    if fast is None:
+        return
+    assert fast == dnsp._full(wire)
+
+
+def test_response_fast_path_is_taken_for_common_answers() -> None:
+    """A CNAME chain with EDNS, and the answers the benchmark capture is full of (dnsmasq:
+    one record and an OPT, EDE options on a refusal)."""
+    r = cname_response()
+    r.use_edns(0)
+    q = query("dc1.ksn.kaspersky-labs.com", "AAAA")
+    refused = dns.message.make_response(q)
+    refused.set_rcode(dns.rcode.REFUSED)
+    refused.use_edns(0, options=[dns.edns.EDEOption(dns.edns.EDECode.PROHIBITED, "blocked")])
+    dup = dns.message.make_response(query("s07.upd.kaspersky.com"))
+    dup.answer.append(dns.rrset.from_text("s07.upd.kaspersky.com.", 60, "IN", "A", "192.0.2.1"))
+    dup.answer.append(dns.rrset.from_text("S07.upd.kaspersky.com.", 30, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    wires = [wire_of(m) for m in (r, cname_response(), refused)] + [
+        bytes.fromhex("ce718580000100010000000103646331036b736e0e6b6173706572736b792d6c61627303636f6d0000010001"
+                      "c00c000100010000003c0004c612000100002904d0000000000000"),
+        dup.to_wire(),
+    ]
+    for wire in wires:
+        fast = dnsp._simple_response(wire)
+        assert fast is not None and fast == dnsp._full(wire)
+        assert parse_message(wire) == fast
+    assert [(a.rrname, a.ttl, a.rdata) for a in dnsp._simple_response(dup.to_wire()).answers] == [
+        ("s07.upd.kaspersky.com", 30, "192.0.2.1"), ("s07.upd.kaspersky.com", 30, "192.0.2.2")]
+
+
+def test_response_fast_path_leaves_the_rest_to_dnspython() -> None:
+    r = cname_response()
+    r.use_edns(0)
+    r.set_rcode(dns.rcode.BADVERS)  # an extended rcode, in the OPT record
+    mx = dns.message.make_response(query("kaspersky.com", "MX"))
+    mx.answer.append(dns.rrset.from_text("kaspersky.com.", 60, "IN", "MX", "10 mx.kaspersky.com."))
+    escaped = dns.message.make_response(query("a\\.b.example"))
+    escaped.answer.append(dns.rrset.from_text("a\\.b.example.", 60, "IN", "A", "192.0.2.1"))
+    for m in (r, mx, escaped, query()):
+        assert dnsp._simple_response(m.to_wire()) is None

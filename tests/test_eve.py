@@ -103,3 +103,27 @@ def test_invalid_utf8_is_shown_not_lost():
     frame = tcp_payload(b"GET / HTTP/1.1\r\nHost: touch.kaspersky.com\r\nUser-Agent: a\xff\xfeb\r\n\r\n")
     rec = json.loads(format_alert(run_frames([frame])[0]))
     assert rec["http"]["http_user_agent"] == "a\\xff\\xfeb"
+
+
+def test_format_alert_is_json_dumps_of_to_dict():
+    """format_alert keeps one encoder (no cycle check, built once) and fast timestamps: its
+    bytes are those of plain ``json.dumps`` of ``to_dict``, on every bundled capture's
+    alerts and on hostile names."""
+    from helpers import PCAPS
+
+    from detector import Detector
+    from detector.formats.eve import to_dict
+    from detector.replay import scan
+
+    alerts = list(_sample_alerts())
+    for path in sorted(PCAPS.rglob("*.pcap")):
+        det = Detector(dedup=False)
+        out: list = []
+        scan(det, str(path), False, 16, out.extend, None)
+        alerts += out + det.flush()
+    hostile = tcp_payload(b"GET / HTTP/1.1\r\nHost: x\x00\x7f\xe2\x80\xae\"\\.kaspersky.com\r\n\r\n")
+    alerts += run_frames([hostile])
+    assert len(alerts) > 100
+    for a in alerts:
+        want = json.dumps(to_dict(a), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+        assert format_alert(a) == want

@@ -389,3 +389,50 @@ def test_reassembled_length_is_the_whole_datagram() -> None:
     dec = IPDecoder()
     out = [dec.decode(4, bytes(f), 0, 0.0) for f in fragment(whole, 1400)]
     assert out[-1] is not None and dec.length == len(bytes(whole))
+
+
+def test_plain_ethernet_ipv4_is_the_general_path() -> None:
+    """``IPDecoder.plain_ethernet_ipv4`` (the pipeline's quick path) gives what strip_link
+    + decode give, length and cut included, or None; on real frames and on every byte of
+    them changed, and on every prefix."""
+    from scapy.layers.l2 import Ether
+
+    from detector.decode.link import strip_link
+    from detector.errors import DecodeError
+
+    frames = [
+        bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.0.2.1", dst="198.18.0.2") / TCP(sport=40000, dport=443) / Raw(b"x" * 30)),
+        bytes(Ether() / IP(src="192.0.2.1", dst="198.18.0.2", flags="DF") / UDP(sport=5353, dport=53) / Raw(b"q" * 12)),
+        bytes(Ether() / IP(src="192.0.2.1", dst="198.18.0.2", options=[IPOption_NOP()]) / TCP() / Raw(b"y")),
+        bytes(Ether() / IP(src="192.0.2.1", dst="198.18.0.2", flags="MF", frag=0) / UDP() / Raw(b"z" * 20)),
+        bytes(Ether() / IP(src="192.0.2.1", dst="198.18.0.2") / TCP()) + b"\x00" * 6,  # Ethernet padding
+    ]
+    rnd = random.Random(3)
+
+    def general(data: bytes):
+        dec = IPDecoder()
+        try:
+            link = strip_link(1, data)
+            if link is None:
+                return "not-ip"
+            out = dec.decode(link[0], data, link[1], 0.0)
+        except DecodeError as exc:
+            return exc.reason
+        return out, dec.length, dec.cut, link
+
+    cases = []
+    for f in frames:
+        cases += [f[:n] for n in range(len(f) + 1)]
+        for _ in range(300):
+            buf = bytearray(f)
+            buf[rnd.randrange(12, 40)] = rnd.randrange(256)
+            cases.append(bytes(buf))
+    quick = 0
+    for data in cases:
+        dec = IPDecoder()
+        got = dec.plain_ethernet_ipv4(data)
+        if got is None:
+            continue
+        quick += 1
+        assert (got, dec.length, dec.cut, (4, 14, ())) == general(data)
+    assert quick > 500

@@ -282,3 +282,24 @@ def test_a_nul_label_never_reaches_the_trie_internals(matcher: Matcher) -> None:
     assert _hit(matcher, "\x00.example.com") == (2, "suffix", "example.com")
     assert _hit(matcher, "\x01.deep.example.com") == (3, "suffix", "deep.example.com")
     assert matcher.lookup_labels(["\x00", "\x01", "example", "com"]) is not None
+
+
+def test_cached_lookups_answer_as_uncached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lookup``/``lookup_labels`` keep answers by name: asked again (or after the cache
+    was emptied at its bound) they answer exactly what a fresh Matcher answers."""
+    import detector.matcher as m
+
+    sigs = load_signatures()
+    names = ["activation-v2.kaspersky.com", "ACTIVATION-v2.Kaspersky.COM.", "www.example.com", "", "..", "a" * 300,
+             "dnl-05.geo.kaspersky.com", "x.ksn.kaspersky-labs.com", "kaspersky.com.evil.example"]
+    labels = [tuple(n.rstrip(".").split(".")) for n in names if n] + [("a.b", "kaspersky", "com"), ()]
+    monkeypatch.setattr(m, "MAX_CACHED_LOOKUPS", 4)
+    cached = Matcher(sigs)
+    for _ in range(3):
+        for n in names:
+            assert cached.lookup(n) == Matcher(sigs).lookup(n)
+        for lab in labels:
+            assert cached.lookup_labels(lab) == Matcher(sigs).lookup_labels(lab)
+            assert cached.lookup_labels(list(lab)) == Matcher(sigs).lookup_labels(lab)
+    assert len(cached._by_name) <= 4 and len(cached._by_labels) <= 4
+    assert cached.lookup("activation-v2.kaspersky.com") is not None

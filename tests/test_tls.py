@@ -370,3 +370,79 @@ def mutated_hello(draw: st.DrawFn) -> bytes:
 @given(mutated_hello())
 def test_fuzz_mutations_of_valid_hello(data: bytes) -> None:
     _check_outcome(data)
+
+
+# -- the indexed extension loop reads as the plain Reader loop did -------------------------------
+def _reference_hello(hs: bytes) -> ClientHello:
+    """``parse_client_hello_message`` as it was, every extension through a sub-Reader: the
+    reference the indexed loop must agree with, value or error."""
+    from detector.parsers.reader import Reader
+    from detector.parsers.tls import ExtensionType, _server_name
+
+    r = Reader(hs, "tls-client-hello")
+    if r.u8() != 1:
+        raise DecodeError("tls-not-client-hello")
+    body = r.restrict(r.u24())
+    version = body.u16()
+    body.skip(32)
+    body.skip(body.u8())
+    suites = body.u16()
+    if suites % 2 or suites == 0:
+        raise DecodeError("tls-bad-cipher-suites")
+    body.skip(suites)
+    body.skip(body.u8())
+    server_name, alpn, ech = None, [], False
+    if body.remaining == 0:
+        return ClientHello(version, None)
+    exts = body.vector(2)
+    seen: set[int] = set()
+    while exts.remaining:
+        etype = exts.u16()
+        e = exts.vector(2)
+        if etype in seen:
+            raise DecodeError("tls-duplicate-extension")
+        seen.add(etype)
+        if etype == ExtensionType.SERVER_NAME:
+            server_name = _server_name(e)
+        elif etype == ExtensionType.ALPN and e.remaining:
+            protos = e.vector(2)
+            while protos.remaining:
+                alpn.append(protos.bytes(protos.u8()).decode("ascii", "backslashreplace"))
+        elif etype == ExtensionType.SUPPORTED_VERSIONS and e.remaining:
+            versions = e.vector(1)
+            best = 0
+            while versions.remaining >= 2:
+                v = versions.u16()
+                if v & 0x0F0F != 0x0A0A:
+                    best = max(best, v)
+            version = best or version
+        elif etype == ExtensionType.ENCRYPTED_CLIENT_HELLO:
+            ech = True
+    return ClientHello(version, server_name, tuple(alpn), ech)
+
+
+def _outcome(f, hs: bytes) -> object:
+    try:
+        return f(hs)
+    except DecodeError as exc:
+        return ("error", exc.reason)
+
+
+_HELLO_MSG = handshake(hello_body(typical_extensions() + ext(0xFE0D, b"\x00\x01") + ext(13, b"\x00\x02\x04\x03")))
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, len(_HELLO_MSG) - 1), st.integers(0, 255)), max_size=4),
+       st.integers(0, len(_HELLO_MSG)))
+def test_extension_loop_matches_the_reader_loop(edits: list[tuple[int, int]], keep: int) -> None:
+    buf = bytearray(_HELLO_MSG)
+    for i, v in edits:
+        buf[i] = v
+    hs = bytes(buf[:keep])
+    assert _outcome(parse_client_hello_message, hs) == _outcome(_reference_hello, hs)
+
+
+def test_extension_loop_matches_on_a_real_hello(real_hello: bytes) -> None:
+    hs = real_hello[5:]
+    for n in range(len(hs) + 1):
+        assert _outcome(parse_client_hello_message, hs[:n]) == _outcome(_reference_hello, hs[:n])

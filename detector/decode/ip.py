@@ -87,6 +87,19 @@ class IPDecoder:
         return s
 
     # -- headers -----------------------------------------------------------------------
+    def plain_ethernet_ipv4(self, data: bytes) -> IPResult | None:
+        """The common frame in a few slices: untagged Ethernet II carrying IPv4 without
+        options, not a fragment, whole in the capture.  Exactly what ``strip_link`` and
+        ``decode`` give for it (``test_ip`` checks); None for any other frame, which then
+        takes that general path."""
+        if len(data) < 34 or data[12] != 8 or data[13] or data[14] != 0x45 or data[20] & 0x3F or data[21]:
+            return None
+        total = (data[16] << 8) | data[17]
+        if total < 20 or 14 + total > len(data):
+            return None
+        self.length, self.cut = total, 0
+        return self._addr(data[26:30]), self._addr(data[30:34]), data[23], data[34 : 14 + total]
+
     def decode(self, version: int, data: bytes, off: int, ts: float) -> IPResult | None:
         if version == 4:
             return self._ipv4(data, off, ts)

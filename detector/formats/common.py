@@ -10,10 +10,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from ..model import Alert, Evidence, Observation
+from .clock import utc_text
 
 ENSURE_ASCII = True
 SEPARATORS = (",", ":")
@@ -77,7 +77,7 @@ def json_line(doc: dict[str, Any]) -> bytes:
 
 def iso_utc(ts: float) -> str:
     """RFC 3339 in UTC with microseconds: ``2023-11-14T22:13:20.000000Z``."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_text(ts, "Z")
 
 
 def epoch_ms(ts: float) -> int:

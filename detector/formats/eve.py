@@ -19,10 +19,10 @@ line, the record, or a terminal.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 from ..model import Alert, Evidence
+from .clock import utc_text
 from .common import _ABSOLUTE as ABSOLUTE_URL
 from .common import _port as authority_port
 from .common import storm_fields
@@ -34,11 +34,14 @@ GID = 1
 REV = 1
 PKT_SRC = "wire/pcap"  # what Suricata writes for a packet read from a capture or an interface
 UNDETERMINED = "UNDETERMINED"  # Suricata's tls.version when the version is not known
+# json.dumps(doc, ensure_ascii=..., separators=...) builds this same encoder on every call.
+# A record is a tree built fresh by to_dict (no cycles): the encoder need not look for any.
+_ENCODE = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, separators=SEPARATORS, check_circular=False).encode
 
 
 def timestamp(ts: float) -> str:
     """Suricata's format: 2024-06-24T12:00:00.123456+0000 (always UTC here)."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+    return utc_text(ts, "+0000")
 
 
 def _dns_flags(d: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +118,18 @@ def _flow(alert: Alert) -> dict[str, Any] | None:
             "start": timestamp(start), "src_ip": src, "dest_ip": dst, "src_port": sport, "dest_port": dport}
 
 
+# Detail keys copied into alert.metadata, in this order.
+_META_DETAIL = ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated")
+_META_DETAIL_SET = frozenset(_META_DETAIL)
+
+
 def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     obs = alert.observation
     sig = alert.signature
     app, record = _app_record(alert)
+    detail = obs.detail
+    first_seen = timestamp(alert.first_seen)
+    last_seen = first_seen if alert.last_seen == alert.first_seen else timestamp(alert.last_seen)
     meta: dict[str, list[str]] = {
         "vendor": [sig.vendor],
         "affected_product": list(sig.products),
@@ -133,19 +144,19 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
         "source_ref": [sig.source_ref],
         "source_grade": [sig.source_grade],
         "count": [str(alert.count)],
-        "first_seen": [timestamp(alert.first_seen)],
-        "last_seen": [timestamp(alert.last_seen)],
+        "first_seen": [first_seen],
+        "last_seen": [last_seen],
     }
     if sig.source_urls:
         meta["source_url"] = list(sig.source_urls)
-    answers = obs.detail.get("answers")
+    answers = detail.get("answers")
     if answers:  # Suricata's alert carries no DNS answer records: ours, one string each
         meta["dns_answers"] = [" ".join(str(a.get(k, "")) for k in ("rrname", "rrtype", "ttl", "rdata")) for a in answers]
-    if obs.detail.get("client_name"):  # the client's own name, from DHCP or a DNS PTR answer
-        meta["client_hostname"] = [str(obs.detail["client_name"])]
-        meta["client_hostname_source"] = [str(obs.detail.get("client_name_source") or "")]
-    for key in ("ech", "resolved_by", "cert_names", "agent", "ksc_server", "port_confidence", "truncated"):
-        val = obs.detail.get(key)
+    if detail.get("client_name"):  # the client's own name, from DHCP or a DNS PTR answer
+        meta["client_hostname"] = [str(detail["client_name"])]
+        meta["client_hostname_source"] = [str(detail.get("client_name_source") or "")]
+    for key in _META_DETAIL if not _META_DETAIL_SET.isdisjoint(detail) else ():
+        val = detail.get(key)
         if val:
             meta[key] = [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val).lower() if isinstance(val, bool) else str(val)]
     if "port_confidence" in meta:
@@ -153,7 +164,7 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
     for key, val in storm_fields(alert):  # an alert-storm aggregate (storm.py)
         meta[key] = val if isinstance(val, list) else [val]
     out: dict[str, Any] = {
-        "timestamp": timestamp(alert.first_seen),
+        "timestamp": first_seen,
         "flow_id": obs.flow_id,
         "event_type": "alert",
         "src_ip": obs.client,
@@ -162,12 +173,12 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
         "dest_port": obs.server_port,
         "proto": PROTO_NAMES.get(obs.proto, str(obs.proto)),
         "pkt_src": PKT_SRC,
-        "tx_id": int(obs.detail.get("tx_id") or 0),
+        "tx_id": int(detail.get("tx_id") or 0),
     }
     if obs.vlan:
         out["vlan"] = list(obs.vlan)
-    if obs.detail.get("client_mac"):  # src_ip is the client, so src_mac is the client's
-        out["ether"] = {"src_mac": str(obs.detail["client_mac"]), "dest_mac": str(obs.detail.get("server_mac") or "")}
+    if detail.get("client_mac"):  # src_ip is the client, so src_mac is the client's
+        out["ether"] = {"src_mac": str(detail["client_mac"]), "dest_mac": str(detail.get("server_mac") or "")}
     if alert.source_file:
         out["pcap_filename"] = alert.source_file
     if sensor:
@@ -193,4 +204,4 @@ def to_dict(alert: Alert, sensor: str | None = None) -> dict[str, Any]:
 
 
 def format_alert(alert: Alert) -> bytes:
-    return json.dumps(to_dict(alert), ensure_ascii=ENSURE_ASCII, separators=SEPARATORS).encode("ascii") + b"\n"
+    return _ENCODE(to_dict(alert)).encode("ascii") + b"\n"

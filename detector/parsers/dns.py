@@ -23,16 +23,19 @@ captured bytes; ``DnsMessage.truncated`` says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import dns.exception
-import dns.message
-import dns.name
-import dns.opcode
+import dns.ipv4
+import dns.ipv6
 import dns.rcode
-import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
+
+if TYPE_CHECKING:  # imported where used (_dnspython): the common messages never need them
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdataclass
 
 from ..errors import DecodeError
 
@@ -106,6 +109,21 @@ class DnsMessage:
     answers: tuple[DnsAnswer, ...]
     truncated: bool = False  # cut by the snaplen: only what lay whole in the captured bytes
     answer_count: int = 0  # a cut message: the answer records its header counts (some may be cut)
+
+    def with_id(self, ident: int) -> DnsMessage:
+        """The same message under another 16-bit id (``dataclasses.replace``, without its
+        per-call field introspection: the pipeline's parsed-message cache calls it often)."""
+        return DnsMessage(ident, self.qr, self.opcode, self.rcode, self.flags, self.questions, self.answers,
+                          self.truncated, self.answer_count)
+
+
+def _dnspython() -> None:
+    """Import the parts of dnspython that only the general path uses (about 50 ms at
+    start-up that a capture of common messages never needs)."""
+    import dns.message  # noqa: F401
+    import dns.name  # noqa: F401
+    import dns.rdata  # noqa: F401
+    import dns.rdataclass  # noqa: F401
 
 
 def _target(rd: object) -> Labels | None:
@@ -191,12 +209,152 @@ def _simple(wire: bytes) -> DnsMessage | None:
     )
 
 
+# Records the response fast path reads (A, CNAME, AAAA in class IN); anything else: dnspython.
+_FAST_TYPES = {1: "A", 5: "CNAME", 28: "AAAA"}
+_FAST_MAX_RECORDS = 16
+_MAX_POINTER_CHAIN = 16  # dnspython's MAX_COMPRESSION_POINTER_CHAIN
+
+
+def _plain_name(wire: bytes, pos: int, end: int) -> tuple[tuple[bytes, ...], int] | None:
+    """A name of plain labels at ``pos`` (compressed or not) read exactly as dnspython reads
+    it (pointers strictly backwards, each target ending before the name part that pointed
+    at it, at most 255 bytes); its labels and where the record goes on.  None for a name
+    dnspython would reject or that needs escaping: the caller then asks dnspython."""
+    labels: list[bytes] = []
+    start = biggest = pos
+    limit = end
+    after = -1
+    hops = 0
+    size = 1
+    while True:
+        if pos >= limit:
+            return None
+        n = wire[pos]
+        if n == 0:
+            pos += 1
+            break
+        if n < 64:
+            stop = pos + 1 + n
+            if stop > limit:
+                return None
+            label = wire[pos + 1 : stop]
+            if label.translate(None, _PLAIN_BYTES):
+                return None
+            labels.append(label)
+            size += n + 1
+            pos = stop
+        elif n >= 192 and pos + 2 <= limit:
+            ptr = ((n & 0x3F) << 8) | wire[pos + 1]
+            if after < 0:
+                after = pos + 2
+            hops += 1
+            if ptr >= biggest or hops > _MAX_POINTER_CHAIN:
+                return None
+            biggest = ptr
+            limit = start
+            pos = start = ptr
+        else:
+            return None
+    if size > 255:
+        return None
+    return tuple(labels), (pos if after < 0 else after)
+
+
+def _simple_response(wire: bytes) -> DnsMessage | None:
+    """The common answer without dnspython: a standard query's response with one question
+    and A/AAAA/CNAME records of plain names (compressed or not), no authority records,
+    and at most an EDNS OPT record without extended rcode bits.  It gives what
+    dnspython gives (records grouped into RRsets in first-seen order, duplicates dropped,
+    the smallest TTL, a later CNAME of the same owner replacing an earlier one), or None
+    for anything else; ``test_dns`` checks both agree on generated and mutated messages."""
+    flags = (wire[2] << 8) | wire[3]
+    qd, an, ns, ar = (wire[4] << 8) | wire[5], (wire[6] << 8) | wire[7], (wire[8] << 8) | wire[9], (wire[10] << 8) | wire[11]
+    if not flags & 0x8000 or flags & 0x7800 or qd != 1 or ns or ar > 1 or an > _FAST_MAX_RECORDS:
+        return None
+    end = len(wire)
+    q = _plain_name(wire, 12, end)
+    if q is None or q[1] + 4 > end:
+        return None
+    qlabels, pos = q
+    qtype = (wire[pos] << 8) | wire[pos + 1]
+    pos += 4
+    rrsets: dict[tuple[tuple[bytes, ...], int], list] = {}  # (owner, lower-cased; type) -> [owner, ttl, rdatas]
+    for _ in range(an):
+        o = _plain_name(wire, pos, end)
+        if o is None or o[1] + 10 > end:
+            return None
+        owner, pos = o
+        rdtype, rdclass, rdlen = (wire[pos] << 8) | wire[pos + 1], (wire[pos + 2] << 8) | wire[pos + 3], (wire[pos + 8] << 8) | wire[pos + 9]
+        ttl = int.from_bytes(wire[pos + 4 : pos + 8], "big")
+        pos += 10
+        rend = pos + rdlen
+        if rdtype not in _FAST_TYPES or rdclass != 1 or rend > end:
+            return None
+        rd: bytes | tuple[bytes, ...]
+        if rdtype == 5:
+            t = _plain_name(wire, pos, rend)
+            if t is None or t[1] != rend:
+                return None
+            rd = t[0]
+        elif rdlen != (4 if rdtype == 1 else 16):
+            return None
+        else:
+            rd = wire[pos:rend]
+        pos = rend
+        if ttl > 0x7FFFFFFF:
+            ttl = 0
+        key = (tuple(x.lower() for x in owner), rdtype)
+        rrset = rrsets.get(key)
+        if rrset is None:
+            rrsets[key] = [owner, ttl, [rd]]
+            continue
+        rrset[1] = min(rrset[1], ttl)
+        if rdtype == 5:
+            rrset[2] = [rd]  # a singleton type
+        elif rd not in rrset[2]:
+            rrset[2].append(rd)
+    # The additional record: an OPT (root name) without extended rcode bits.  Nothing else
+    # of it shows in what we return: whether dnspython reads its options or records an
+    # error for them (continue_on_error), the rcode is the header's.
+    if ar and (pos + 11 > end or wire[pos] or wire[pos + 1 : pos + 3] != b"\x00\x29" or wire[pos + 5]):
+        return None
+    if not rrsets and not ar:
+        return None  # _simple's case, or nothing to gain
+    answers: list[DnsAnswer] = []
+    for (_, rdtype), (owner, ttl, rdatas) in rrsets.items():
+        labels = tuple(x.decode("ascii") for x in owner)
+        rrname, rrtype = name_text(labels), _FAST_TYPES[rdtype]
+        for value in rdatas:
+            if len(answers) >= MAX_ANSWERS:
+                break
+            if rdtype == 5:
+                target = tuple(x.decode("ascii") for x in value)
+                text = name_text(target)
+                answers.append(DnsAnswer(rrname, rrtype, ttl, text, text, labels, target))
+            else:
+                addr = dns.ipv4.inet_ntoa(value) if rdtype == 1 else dns.ipv6.inet_ntoa(value)
+                answers.append(DnsAnswer(rrname, rrtype, ttl, addr, None, labels, None))
+    ttext = _TYPE_TEXT.get(qtype)
+    if ttext is None:
+        ttext = _TYPE_TEXT[qtype] = dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]  # (any int is taken)
+    qtext = tuple(x.decode("ascii") for x in qlabels)
+    return DnsMessage(
+        id=(wire[0] << 8) | wire[1],
+        qr=True,
+        opcode=0,
+        rcode=_RCODE_TEXT[flags & 0xF],
+        flags=flags,
+        questions=(DnsQuestion(name_text(qtext), ttext, qtext),),
+        answers=tuple(answers),
+    )
+
+
 def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
     """``cut``: the capture's snaplen cut the datagram, so ``wire`` may end anywhere."""
     if len(wire) < 12:
         raise DecodeError("dns-truncated-header")
     if not cut:
-        simple = _simple(wire)
+        simple = _simple(wire) or _simple_response(wire)
         if simple is not None:
             return simple
     return _full(wire, cut)
@@ -204,6 +362,7 @@ def parse_message(wire: bytes, cut: bool = False) -> DnsMessage:
 
 def _full(wire: bytes, cut: bool = False) -> DnsMessage:
     """Any message, by dnspython (or as far as its bytes go, when ``cut``)."""
+    _dnspython()
     try:
         if cut:
             return _parse_cut(wire)

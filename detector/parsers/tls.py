@@ -100,6 +100,9 @@ def parse_client_hello(stream: bytes) -> ClientHello | None:
     return parse_client_hello_message(hs)
 
 
+_READ_EXTENSIONS = frozenset({ExtensionType.SERVER_NAME, ExtensionType.ALPN, ExtensionType.SUPPORTED_VERSIONS})
+
+
 def parse_client_hello_message(hs: bytes) -> ClientHello:
     """Parse one complete handshake message (type, u24 length, body); used by QUIC too."""
     r = Reader(hs, "tls-client-hello")
@@ -121,12 +124,25 @@ def parse_client_hello_message(hs: bytes) -> ClientHello:
         return ClientHello(version, None)  # SSLv3/TLS 1.0 era hello without extensions
     exts = body.vector(2)
     seen: set[int] = set()
-    while exts.remaining:
-        etype = exts.u16()
-        ext = exts.vector(2)
+    # The extension headers are read by index (a ClientHello carries a dozen or more); a
+    # Reader is made only for the three read further.  Same bounds, same errors.
+    pos, end = exts.pos, exts.pos + exts.remaining
+    while pos < end:
+        if pos + 4 > end:
+            raise DecodeError("truncated-tls-client-hello")
+        etype, n = (hs[pos] << 8) | hs[pos + 1], (hs[pos + 2] << 8) | hs[pos + 3]
+        pos += 4
+        if pos + n > end:
+            raise DecodeError("truncated-tls-client-hello")
+        start, pos = pos, pos + n
         if etype in seen:
             raise DecodeError("tls-duplicate-extension")  # RFC 8446 section 4.2
         seen.add(etype)
+        if etype not in _READ_EXTENSIONS:
+            if etype == ExtensionType.ENCRYPTED_CLIENT_HELLO:
+                ech = True
+            continue
+        ext = Reader(hs, "tls-client-hello", start, pos)
         if etype == ExtensionType.SERVER_NAME:
             server_name = _server_name(ext)
         elif etype == ExtensionType.ALPN and ext.remaining:
@@ -141,8 +157,6 @@ def parse_client_hello_message(hs: bytes) -> ClientHello:
                 if v & 0x0F0F != 0x0A0A:  # skip GREASE (RFC 8701)
                     best = max(best, v)
             version = best or version
-        elif etype == ExtensionType.ENCRYPTED_CLIENT_HELLO:
-            ech = True
     return ClientHello(version, server_name, tuple(alpn), ech)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import DecodeError
 
 try:
@@ -14,12 +16,21 @@ except ImportError:  # pragma: no cover - optional dependency
     X509_AVAILABLE = False
 
 MAX_NAMES = 64
+MAX_CACHED_CERTS = 256  # parsed certificates kept (by their DER bytes)
 
 
 def cert_names(der: bytes) -> tuple[str, list[str]]:
     """-> (subject as text, [CN and SAN DNS names]).  Raises DecodeError if unparsable."""
     if not X509_AVAILABLE:
         return "", []
+    subject, names = _parsed(bytes(der))
+    return subject, list(names)
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_CERTS)
+def _parsed(der: bytes) -> tuple[str, tuple[str, ...]]:
+    """The parse of one certificate, kept for the next connection to the same server (the
+    same few certificates come again and again; a failed parse raises and is not kept)."""
     try:
         cert = x509.load_der_x509_certificate(der)
         subject = cert.subject.rfc4514_string()
@@ -36,4 +47,4 @@ def cert_names(der: bytes) -> tuple[str, list[str]]:
     seen: dict[str, None] = {}
     for n in names[: MAX_NAMES * 2]:
         seen.setdefault(n, None)
-    return subject, list(seen)[:MAX_NAMES]
+    return subject, tuple(seen)[:MAX_NAMES]
