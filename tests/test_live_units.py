@@ -5,6 +5,9 @@ HTTP server, the worker wire format, and the one-line capture errors."""
 from __future__ import annotations
 
 import socket
+import struct
+import sys
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -15,9 +18,10 @@ from scapy.all import GRE, ICMP, IP, TCP, UDP, Ether, IPv6, Raw  # type: ignore[
 from scapy.layers.dns import DNS, DNSQR
 
 from detector.capture import live as cap
-from detector.live.worker import WorkerProc, _wire
+from detector.live.worker import Worker, WorkerProc, _wire
 from detector.metrics import CONTENT_TYPE, MetricsServer, Sample, render
 from detector.model import Evidence, Match, Observation, Strength
+from detector.pipeline import Detector
 from detector.settle import LiveDedup
 from detector.signatures import load_signatures
 
@@ -233,3 +237,54 @@ def test_control_messages_go_through_the_sender_thread() -> None:
     w.outbox.put(big)
     w.outbox.put(("stop",))
     assert theirs.recv() == big and theirs.recv() == ("stop",)
+
+
+# -- a worker's statistics and its feeding threads ---------------------------------------------
+def _hello_head(i: int) -> bytes:
+    """The first segment of a ClientHello from client 198.18.x.y: a stream Python keeps."""
+    f = bytearray(FRAMES["tcp-hello"][0])
+    f[26:30] = struct.pack("!I", 0xC6120000 + i)  # source address
+    return bytes(f)
+
+
+def test_worker_statistics_wait_for_the_packet_loop() -> None:
+    """stats() walks the detector's tables; it must do so under the lock the heads
+    threads feed under, not while one of them inserts."""
+    w = Worker(0, [], Detector(SIGS, collect=True), None, 16)
+    got: list[dict[str, Any]] = []
+    with w.lock:  # a heads thread in the middle of a packet
+        t = threading.Thread(target=lambda: got.append(w.stats()))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not got
+    t.join(5)
+    assert len(got) == 1 and got[0]["state_streams"] == 0
+
+
+def test_worker_statistics_while_a_heads_thread_feeds() -> None:
+    """The SYN-flood crash of a live worker ("OrderedDict mutated during iteration" in
+    bounds.state): a thread feeds new streams packet by packet as the heads callback does,
+    while the main thread sends statistics.  With real threads and a real Detector."""
+    w = Worker(0, [], Detector(SIGS, collect=True), None, 16)
+    n = 10_000
+    frames = [(1.0 + i * 1e-4, 1, _hello_head(i)) for i in range(n)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as two busy threads on a span port do
+
+    def feed() -> None:
+        for item in frames:
+            with w.lock:
+                w.feed_batch([item])
+
+    t = threading.Thread(target=feed)
+    try:
+        t.start()
+        rounds = 0
+        while t.is_alive():
+            st = w.stats()
+            assert st["state_streams"] <= n
+            rounds += 1
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert rounds > 1 and w.stats()["state_streams"] == n

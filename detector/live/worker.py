@@ -282,6 +282,13 @@ class Worker:
         self._send_matches(self.gen, items)
 
     def stats(self) -> dict[str, Any]:
+        """The counters and the bounded tables' sizes, read under the lock: a heads thread
+        feeding meanwhile would change the tables being walked (the stream table is an
+        OrderedDict: "mutated during iteration" killed the worker under a SYN flood)."""
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         det = self.det
         st = det.stats
         admitted = shed = 0
