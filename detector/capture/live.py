@@ -231,6 +231,51 @@ def open_handles(opts: CaptureOptions, fanout_base: int | None = None) -> list[l
     return out
 
 
+_MADV_DONTFORK, _MADV_DOFORK = 10, 11
+
+
+def _socket_maps() -> dict[int, list[tuple[int, int]]]:
+    """Socket inode -> (address, length) of the mappings of this process that map a socket:
+    libpcap's capture rings (PACKET_MMAP), shown as ``socket:[inode]`` in /proc/self/maps."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("socket:[") and parts[5].endswith("]"):
+                lo, _, hi = parts[0].partition("-")
+                with contextlib.suppress(ValueError):
+                    out.setdefault(int(parts[5][8:-1]), []).append((int(lo, 16), int(hi, 16) - int(lo, 16)))
+    return out
+
+
+def inherit_rings(handles: Iterable[Handle], mine: Iterable[Handle]) -> int:
+    """Before forking a worker: let it inherit the capture rings of its own handles
+    (``mine``) only.  Every ring (``--buffer-size``) is mapped in the process that opened it
+    and counts in full in the resident size of every process that maps it; without this a
+    worker would map every worker's rings.  The others' are marked MADV_DONTFORK (the
+    worker never reads those handles, and keeps them referenced, so libpcap never touches
+    them there), its own MADV_DOFORK.  Returns how many rings are left out; a ring not
+    found (no PACKET_MMAP) is simply inherited as before."""
+    own = {_inode(h) for h in mine}
+    maps = _socket_maps()
+    libc = _libc()
+    left_out = 0
+    for h in handles:
+        ino = _inode(h)
+        advice = _MADV_DOFORK if ino in own else _MADV_DONTFORK
+        for addr, length in maps.get(ino, ()):
+            if libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), advice) == 0 and ino not in own:
+                left_out += 1
+    return left_out
+
+
+def _inode(h: Handle) -> int:
+    try:
+        return os.fstat(h.cap.getfd()).st_ino
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
 def refilter(handles: Iterable[Handle], udp_ports: Iterable[int]) -> int:
     """Install a new whole filter (new UDP port signatures) on the whole handles; the
     kernel filter lives on the socket, so this works from the controller after the
