@@ -65,6 +65,14 @@ CHUNK = 1 << 16  # packets per classifier call: its flow table starts afresh eac
 CHUNK_SECONDS = 60.0  # ... and at least this often, so a reused 5-tuple is seen anew
 BATCH = 512  # whole-handle packets per next_batch call
 MAX_BACKLOG = 50_000  # whole packets queued for the heads threads before they are dropped
+MAX_BACKLOG_BYTES = 16 << 20  # ... and their bytes (frame + 128 per packet): 50,000 full frames would be 75 MB
+BACKLOG_OVERHEAD = 128  # bytes a queued packet costs beyond its frame (tuple, float, bytes header)
+# A live worker's flow tables, per worker: the Python stream and flow-counter tables
+# (decode/flows.py, decode/flowcount.py; about 0.9 KB per entry: a SYN flood from random
+# sources, which reaches Python in live, stays near 45 MB) and the compiled core's flow
+# table (about 0.55 KB per flow).  Replay keeps 150,000 and 200,000: its core sheds floods
+# before Python, and it has no capture rings to fit beside them.
+LIVE_MAX_FLOWS = 50_000
 SHIP_SECONDS = 0.05  # how often a worker sends its matches to the controller
 STATS_SECONDS = 1.0  # how often a worker sends its counters
 

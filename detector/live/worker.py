@@ -39,10 +39,13 @@ from ..capture import core
 from ..capture import live as cap
 from ..capture.live import (
     ADMIT_HEADS,
+    BACKLOG_OVERHEAD,
     BATCH,
     CHUNK,
     CHUNK_SECONDS,
+    LIVE_MAX_FLOWS,
     MAX_BACKLOG,
+    MAX_BACKLOG_BYTES,
     SHIP_SECONDS,
     STATS_SECONDS,
     Handle,
@@ -94,8 +97,7 @@ def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: Sig
         for c in close_fds:
             with contextlib.suppress(Exception):
                 c.close()
-        det = Detector(sigs, collect=True)
-        Worker(wid, handles, det, conn, flow_head).run()
+        Worker(wid, handles, live_detector(sigs), conn, flow_head).run()
     except BaseException as exc:  # noqa: BLE001 - reported to the controller, then exit
         code = 1
         with contextlib.suppress(Exception):
@@ -103,6 +105,12 @@ def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: Sig
             conn.send(("trace", wid, traceback.format_exc()))
     os._exit(code)
 
+
+
+def live_detector(sigs: SignatureSet) -> Detector:
+    """A worker's pipeline: raw matches collected for the controller, and the flow tables
+    capped at ``LIVE_MAX_FLOWS`` (every SYN of the whole handle reaches Python in live)."""
+    return Detector(sigs, collect=True, max_flows=LIVE_MAX_FLOWS)
 
 
 # --- the worker process ----------------------------------------------------------------------
@@ -150,13 +158,14 @@ class Worker:
         self.lock = threading.Lock()
         self.backlog: deque[list[tuple[float, int, bytes]]] = deque()
         self.backlog_pkts = 0
+        self.backlog_bytes = 0  # frames + BACKLOG_OVERHEAD per packet
         self.heads_active = 0.0  # monotonic time of the last heads callback
         self.counters = WorkerCounters()
         self.gen = 0
         self.fatal: str | None = None
         # The compiled core's classifier (None where it is not built): every batch goes
         # through it, and only the frames that can hold evidence reach the Python pipeline.
-        self.core: Any = core.live_classifier(det.matcher, flow_head)
+        self.core: Any = core.live_classifier(det.matcher, flow_head, LIVE_MAX_FLOWS)
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
@@ -193,6 +202,7 @@ class Worker:
         while backlog:
             batch = backlog.popleft()
             self.backlog_pkts -= len(batch)
+            self.backlog_bytes -= _size(batch)
             self.feed_batch(batch)
 
     # -- heads threads ----------------------------------------------------------------
@@ -252,11 +262,13 @@ class Worker:
             if time.monotonic() - self.heads_active < 0.2:
                 # The heads threads are busy: they feed these between their own packets.
                 with self.lock:
-                    if self.backlog_pkts + n > MAX_BACKLOG:
+                    size = _size(batch)
+                    if self.backlog_pkts + n > MAX_BACKLOG or self.backlog_bytes + size > MAX_BACKLOG_BYTES:
                         self.counters.backlog_drops += n
                     else:
                         self.backlog.append(batch)
                         self.backlog_pkts += n
+                        self.backlog_bytes += size
             else:
                 with self.lock:
                     self._drain()
@@ -332,7 +344,7 @@ class Worker:
                     items = self._take()
                     self.det.set_signatures(sigs)
                     if self.core is not None:  # the new signatures' anchors and ports
-                        self.core = core.live_classifier(self.det.matcher, self.flow_head)
+                        self.core = core.live_classifier(self.det.matcher, self.flow_head, LIVE_MAX_FLOWS)
                     old, self.gen = self.gen, gen
                 self._send_matches(old, items)
                 self.conn.send(("ack", self.wid, gen))
@@ -380,6 +392,10 @@ class Worker:
         self._ship()
         self.conn.send(("stats", self.wid, self.stats()))
         self.conn.send(("bye", self.wid))
+
+
+def _size(batch: list[tuple[float, int, bytes]]) -> int:
+    return sum(len(d) for _, _, d in batch) + BACKLOG_OVERHEAD * len(batch)
 
 
 def _wire(item: Any) -> Any:
