@@ -10,9 +10,10 @@
 # Python, and the share of the Kaspersky contacts that a replay of the same capture alerts
 # (`detector replay`, the reference) that the live run alerted too.  When the capture has a
 # `<capture>.contacts.json` beside it (benchmarks/adversarial.py writes one per flood), the
-# hidden contacts the live run and the replay alerted are counted too.  Just before each
-# detector is stopped, the peak RSS (VmHWM) of the controller and of every worker (its
-# children) is read from /proc.
+# hidden contacts the live run and the replay alerted are counted too.  After tcpreplay
+# ends, the run waits until the workers are idle (they may lag behind the capture: "idle
+# after"), then, just before the detector is stopped, reads from /proc the peak RSS (VmHWM)
+# of the controller and of every worker (its children), with the capture rings each maps.
 #
 # Traffic stays inside two network namespaces made here (kdl-lt-tx, kdl-lt-rx, joined by
 # one veth pair, MTU 1500, offloads off); nothing touches the host's interfaces.  The
@@ -135,14 +136,34 @@ print(f"{100.0 * hit / max(1, len(ref)):.1f} {len(ref) - hit} {len(live - ref)} 
 PY
 }
 
-peak_rss() {  # peak_rss <controller pid> -> "controller-MB worker-MB[/worker-MB...]" (VmHWM)
-    local kids pid mb ws=()
-    hwm() { awk '/^VmHWM:/ { printf "%d", ($2 + 512) / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+peak_rss() {  # peak_rss <controller pid> -> "controller worker[/worker...]", each "MB (rings MB)"
+    # VmHWM, and in brackets the capture rings it maps now (PACKET_MMAP, --buffer-size per
+    # handle: kernel memory, counted in the RSS of every process that maps it).
+    local kids pid ws=()
+    one() {
+        local hwm rings
+        hwm=$(awk '/^VmHWM:/ { printf "%d", ($2 + 512) / 1024 }' "/proc/$1/status" 2>/dev/null) || hwm="?"
+        rings=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { s = ($6 ~ /^socket:/) } s && /^Rss:/ { t += $2 } END { printf "%d", (t + 512) / 1024 }' \
+            "/proc/$1/smaps" 2>/dev/null) || rings="?"
+        echo "${hwm}(${rings})"
+    }
     kids=$(cat /proc/"$1"/task/*/children 2>/dev/null)
-    for pid in $kids; do ws+=("$(hwm "$pid")"); done
-    mb=$(hwm "$1")
+    for pid in $kids; do ws+=("$(one "$pid")"); done
     local IFS=/
-    echo "$mb ${ws[*]:-none}"
+    echo "$(one "$1") ${ws[*]:-none}"
+}
+
+drain() {  # drain <controller pid> -> seconds until its workers are idle (< 0.1 s CPU in 1 s), at most 300
+    local kids n=0 a b
+    kids=$(cat /proc/"$1"/task/*/children 2>/dev/null)
+    cpu() { local p s=0; for p in $kids; do s=$((s + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$s"; }
+    a=$(cpu)
+    while [ "$n" -lt 300 ]; do
+        sleep 1; n=$((n + 1)); b=$(cpu)
+        [ $((b - a)) -lt $(($(getconf CLK_TCK) / 10)) ] && break
+        a=$b
+    done
+    echo "$n"
 }
 
 ROWS=()
@@ -178,7 +199,7 @@ for src in $PCAPS; do
             log "run: $name, $w worker(s), rate $rate (load average $(cut -d' ' -f1 /proc/loadavg))"
             ip netns exec $NS_TX tcpreplay -q -i tx0 "${speed[@]}" --loop="$LOOP" "$PCAP" >"$WORK/tcpreplay-$tag.log" 2>&1 \
                 || { cat "$WORK/tcpreplay-$tag.log" >&2; die "tcpreplay failed"; }
-            sleep 3  # let the workers empty their rings
+            waited=$(drain "$DET_PID")  # let the workers empty their rings
             if [ "${METRICS:-0}" = 1 ]; then
                 ip netns exec $NS_RX "$PY" -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$METRICS_ADDR/metrics', timeout=5).read().decode())" \
                     >"$WORK/metrics-$tag.prom" 2>&1 || log "  metrics scrape failed (see $WORK/metrics-$tag.prom)"
@@ -197,15 +218,15 @@ for src in $PCAPS; do
             read -r share missed extra total alerts hid_live hid_ref hid_total < <(compare "$live")
             hidden="-"
             [ "$hid_total" -gt 0 ] && hidden="$hid_live/$hid_total (replay $hid_ref)"
-            ROWS+=("| $name | $w | ${rate} | ${pps%.*} | ${mbps} | ${sent} | ${recv} | ${kdrop} | ${idrop} | ${backlog} | ${python} | ${share}% (${missed} of ${total} missed, ${extra} extra) | ${hidden} | ${alerts} | ${rss_workers} | ${rss_ctl} |")
-            log "  offered ${pps%.*} pps; kernel drops $kdrop; contacts ${share}%; hidden $hidden; peak RSS workers $rss_workers MB, controller $rss_ctl MB"
+            ROWS+=("| $name | $w | ${rate} | ${pps%.*} | ${mbps} | ${sent} | ${recv} | ${kdrop} | ${idrop} | ${backlog} | ${python} | ${share}% (${missed} of ${total} missed, ${extra} extra) | ${hidden} | ${alerts} | ${waited} | ${rss_workers} | ${rss_ctl} |")
+            log "  offered ${pps%.*} pps; kernel drops $kdrop; contacts ${share}%; hidden $hidden; drained in $waited s; peak RSS (rings) workers $rss_workers MB, controller $rss_ctl MB"
         done
     done
     rm -f "$PCAP"
 done
 
 {
-    echo "| capture | workers | --pps | offered pkt/s | offered Mbit/s | packets sent | passed BPF | kernel drops | interface drops | backlog drops | to Python | Kaspersky contacts alerted (vs replay) | hidden contacts alerted | alerts | peak RSS per worker (MB) | peak RSS controller (MB) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| capture | workers | --pps | offered pkt/s | offered Mbit/s | packets sent | passed BPF | kernel drops | interface drops | backlog drops | to Python | Kaspersky contacts alerted (vs replay) | hidden contacts alerted | alerts | idle after (s) | peak RSS per worker, MB (capture rings) | peak RSS controller, MB (capture rings) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
 } | tee "${OUT:-/dev/null}"
