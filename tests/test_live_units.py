@@ -384,3 +384,43 @@ def test_a_live_workers_core_flow_table_is_capped() -> None:
     st = w.stats()
     assert st["state_core_flows_evicted"] >= n - LIVE_MAX_FLOWS
     assert grown < 50 * 1024, f"{grown >> 10} MB for {n:,} flows"
+
+
+def test_a_flood_of_hits_travels_in_small_messages(tmp_path: Path) -> None:
+    """A random-subdomain DNS flood under a Kaspersky name: every query is a hit the
+    worker ships to the controller.  Up to 64 batches are read at a time; their hits go
+    in messages of about SHIP_MATCHES (unpickled, about 1.6 KB each), not one of 32,768
+    packets' worth, which both processes would hold at once."""
+    from multiprocessing import Pipe
+
+    tmpl = bytes(E / IP(src=C, dst=S) / UDP(sport=40004, dport=53, chksum=0) / DNS(qd=DNSQR(qname="a" * 12 + ".upd.kaspersky.com")))
+    at = tmpl.index(b"a" * 12)
+    rng = random.Random(5)
+    n = 5_000
+    path = tmp_path / "dns-flood.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i in range(n):
+            f = tmpl[:at] + bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12)) + tmpl[at + 12 :]
+            fh.write(struct.pack("<IIII", 1_767_225_600, i, len(f), len(f)) + f)
+    mine, theirs = Pipe()
+    got: list[Any] = []
+
+    def read() -> None:
+        while (m := theirs.recv()) != ("end",):
+            got.append(m)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        w = Worker(0, [], live_detector(SIGS), mine, 16)
+        h = cap.Handle("file", "whole", 0, pcapy.open_offline(str(path)), 1, 14, "")
+        while w._read_whole(h):
+            pass
+        w._ship()
+    finally:
+        mine.send(("end",))
+        reader.join(10)
+    sizes = [len(m[3]) for m in got if m[0] == "matches"]
+    assert sum(sizes) == n
+    assert max(sizes) <= cap.SHIP_MATCHES + cap.BATCH, sizes

@@ -74,6 +74,7 @@ BACKLOG_OVERHEAD = 128  # bytes a queued packet costs beyond its frame (tuple, f
 # before Python, and it has no capture rings to fit beside them.
 LIVE_MAX_FLOWS = 50_000
 SHIP_SECONDS = 0.05  # how often a worker sends its matches to the controller
+SHIP_MATCHES = 1_000  # ... and as soon as it holds this many (a DNS flood: about 1.6 KB each, unpickled)
 STATS_SECONDS = 1.0  # how often a worker sends its counters
 
 # --- kernel-side filters ---------------------------------------------------------------

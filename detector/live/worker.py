@@ -46,6 +46,7 @@ from ..capture.live import (
     LIVE_MAX_FLOWS,
     MAX_BACKLOG,
     MAX_BACKLOG_BYTES,
+    SHIP_MATCHES,
     SHIP_SECONDS,
     STATS_SECONDS,
     Handle,
@@ -273,6 +274,8 @@ class Worker:
                 with self.lock:
                     self._drain()
                     self.feed_batch(batch)
+            if len(self.det.collected) >= SHIP_MATCHES:
+                self._ship()  # a flood of hits travels in small messages, not one of 64 batches
             if n < BATCH:
                 break
         return n_total
