@@ -67,6 +67,7 @@ BATCH = 512  # whole-handle packets per next_batch call
 MAX_BACKLOG = 50_000  # whole packets queued for the heads threads before they are dropped
 MAX_BACKLOG_BYTES = 16 << 20  # ... and their bytes (frame + 128 per packet): 50,000 full frames would be 75 MB
 BACKLOG_OVERHEAD = 128  # bytes a queued packet costs beyond its frame (tuple, float, bytes header)
+BACKLOG_FRAME = 1_518  # the frame size room is kept for: a full backlog leaves packets in the ring
 # A live worker's flow tables, per worker: the Python stream and flow-counter tables
 # (decode/flows.py, decode/flowcount.py; about 0.9 KB per entry: a SYN flood from random
 # sources, which reaches Python in live, stays near 45 MB) and the compiled core's flow

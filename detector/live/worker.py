@@ -39,6 +39,7 @@ from ..capture import core
 from ..capture import live as cap
 from ..capture.live import (
     ADMIT_HEADS,
+    BACKLOG_FRAME,
     BACKLOG_OVERHEAD,
     BATCH,
     CHUNK,
@@ -249,6 +250,8 @@ class Worker:
         n_total = 0
         lt = h.linktype
         for _ in range(64):  # at most 64 batches before looking at the pipe again
+            if self._backlog_full():
+                break  # what the handle holds waits in its kernel ring
             try:
                 pkts, meta = h.cap.next_batch(BATCH)
             except Exception as exc:  # noqa: BLE001
@@ -279,6 +282,13 @@ class Worker:
             if n < BATCH:
                 break
         return n_total
+
+    def _backlog_full(self) -> bool:
+        """The heads threads are busy and the backlog has no room for another batch (of
+        frames up to BACKLOG_FRAME bytes): reading the whole handle now would only drop."""
+        return (time.monotonic() - self.heads_active < 0.2
+                and (self.backlog_pkts + BATCH > MAX_BACKLOG
+                     or self.backlog_bytes + BATCH * (BACKLOG_FRAME + BACKLOG_OVERHEAD) > MAX_BACKLOG_BYTES))
 
     def _take(self) -> list[Any]:
         """The matches collected so far (caller holds the lock)."""
@@ -363,7 +373,8 @@ class Worker:
         next_ship = next_stats = 0.0
         running = True
         while running:
-            ready, _, _ = select.select(fds, [], [], SHIP_SECONDS)
+            # A full backlog: the whole packets wait in their kernel ring, not read to be dropped.
+            ready, _, _ = select.select(fds[:1] if self._backlog_full() else fds, [], [], SHIP_SECONDS)
             for r in ready:
                 h = by_fd.get(r) if isinstance(r, int) else None
                 if h is not None:
