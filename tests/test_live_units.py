@@ -344,13 +344,13 @@ def test_the_backlog_is_bounded_in_bytes_and_a_full_one_drops_nothing(tmp_path: 
     w.heads_active = time.monotonic() + 3600  # the heads threads are busy: whole packets queue
     while w._read_whole(h):
         pass
-    queued = sum(len(d) for batch in w.backlog for _, _, d in batch)
-    assert queued <= cap.MAX_BACKLOG_BYTES and w.backlog_bytes <= cap.MAX_BACKLOG_BYTES
-    assert 0 < w.backlog_pkts < n and w.counters.backlog_drops == 0
+    queued = sum(len(d) for batch in w.backlog.batches for _, _, d in batch)
+    assert queued <= cap.MAX_BACKLOG_BYTES and w.backlog.bytes <= cap.MAX_BACKLOG_BYTES
+    assert 0 < w.backlog.packets < n and w.counters.backlog_drops == 0
     w.heads_active = 0.0  # the heads threads went idle: the backlog, then the rest of the handle
     while w._read_whole(h):
         pass
-    assert w.backlog_pkts == w.backlog_bytes == 0 and w.det.stats.packets == n and w.counters.backlog_drops == 0
+    assert w.backlog.packets == w.backlog.bytes == 0 and w.det.stats.packets == n and w.counters.backlog_drops == 0
 
 
 def _rss_kb() -> int:

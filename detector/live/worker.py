@@ -28,7 +28,6 @@ import struct
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -39,14 +38,10 @@ from ..capture import core
 from ..capture import live as cap
 from ..capture.live import (
     ADMIT_HEADS,
-    BACKLOG_FRAME,
-    BACKLOG_OVERHEAD,
     BATCH,
     CHUNK,
     CHUNK_SECONDS,
     LIVE_MAX_FLOWS,
-    MAX_BACKLOG,
-    MAX_BACKLOG_BYTES,
     SHIP_MATCHES,
     SHIP_SECONDS,
     STATS_SECONDS,
@@ -54,6 +49,7 @@ from ..capture.live import (
 )
 from ..pipeline import Detector
 from ..signatures import SignatureSet
+from .backlog import Backlog
 
 
 # --- the controller's side -------------------------------------------------------------------
@@ -108,7 +104,6 @@ def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: Sig
     os._exit(code)
 
 
-
 def live_detector(sigs: SignatureSet) -> Detector:
     """A worker's pipeline: raw matches collected for the controller, and the flow tables
     capped at ``LIVE_MAX_FLOWS`` (every SYN of the whole handle reaches Python in live)."""
@@ -158,9 +153,7 @@ class Worker:
         self.conn = conn
         self.flow_head = flow_head
         self.lock = threading.Lock()
-        self.backlog: deque[list[tuple[float, int, bytes]]] = deque()
-        self.backlog_pkts = 0
-        self.backlog_bytes = 0  # frames + BACKLOG_OVERHEAD per packet
+        self.backlog = Backlog()  # whole packets waiting for the busy heads threads
         self.heads_active = 0.0  # monotonic time of the last heads callback
         self.counters = WorkerCounters()
         self.gen = 0
@@ -200,11 +193,7 @@ class Worker:
             self._feed_records(self.core.tick(time.time()))
 
     def _drain(self) -> None:
-        backlog = self.backlog
-        while backlog:
-            batch = backlog.popleft()
-            self.backlog_pkts -= len(batch)
-            self.backlog_bytes -= _size(batch)
+        for batch in self.backlog.take():
             self.feed_batch(batch)
 
     # -- heads threads ----------------------------------------------------------------
@@ -251,7 +240,7 @@ class Worker:
         lt = h.linktype
         for _ in range(64):  # at most 64 batches before looking at the pipe again
             if self._backlog_full():
-                break  # what the handle holds waits in its kernel ring
+                break  # the rest waits in the kernel ring
             try:
                 pkts, meta = h.cap.next_batch(BATCH)
             except Exception as exc:  # noqa: BLE001
@@ -266,13 +255,8 @@ class Worker:
             if time.monotonic() - self.heads_active < 0.2:
                 # The heads threads are busy: they feed these between their own packets.
                 with self.lock:
-                    size = _size(batch)
-                    if self.backlog_pkts + n > MAX_BACKLOG or self.backlog_bytes + size > MAX_BACKLOG_BYTES:
+                    if not self.backlog.add(batch):
                         self.counters.backlog_drops += n
-                    else:
-                        self.backlog.append(batch)
-                        self.backlog_pkts += n
-                        self.backlog_bytes += size
             else:
                 with self.lock:
                     self._drain()
@@ -284,11 +268,8 @@ class Worker:
         return n_total
 
     def _backlog_full(self) -> bool:
-        """The heads threads are busy and the backlog has no room for another batch (of
-        frames up to BACKLOG_FRAME bytes): reading the whole handle now would only drop."""
-        return (time.monotonic() - self.heads_active < 0.2
-                and (self.backlog_pkts + BATCH > MAX_BACKLOG
-                     or self.backlog_bytes + BATCH * (BACKLOG_FRAME + BACKLOG_OVERHEAD) > MAX_BACKLOG_BYTES))
+        """Heads threads busy and no room for a batch: reading the whole handle would drop."""
+        return time.monotonic() - self.heads_active < 0.2 and not self.backlog.room()
 
     def _take(self) -> list[Any]:
         """The matches collected so far (caller holds the lock)."""
@@ -307,9 +288,8 @@ class Worker:
         self._send_matches(self.gen, items)
 
     def stats(self) -> dict[str, Any]:
-        """The counters and the bounded tables' sizes, read under the lock: a heads thread
-        feeding meanwhile would change the tables being walked (the stream table is an
-        OrderedDict: "mutated during iteration" killed the worker under a SYN flood)."""
+        """Counters and table sizes, under the lock: a heads thread feeding meanwhile changes
+        the tables walked ("OrderedDict mutated during iteration" ended a worker)."""
         with self.lock:
             return self._stats()
 
@@ -329,7 +309,7 @@ class Worker:
             "heads_admitted": admitted,
             "shed": shed,
             "whole": self.counters.whole,
-            "backlog": self.backlog_pkts,
+            "backlog": self.backlog.packets,
             "backlog_drops": self.counters.backlog_drops,
             "callback_errors": self.counters.callback_errors,
             "last_error": self.counters.last_error,
@@ -373,8 +353,7 @@ class Worker:
         next_ship = next_stats = 0.0
         running = True
         while running:
-            # A full backlog: the whole packets wait in their kernel ring, not read to be dropped.
-            ready, _, _ = select.select(fds[:1] if self._backlog_full() else fds, [], [], SHIP_SECONDS)
+            ready, _, _ = select.select(fds[:1] if self._backlog_full() else fds, [], [], SHIP_SECONDS)  # full: wait in the ring
             for r in ready:
                 h = by_fd.get(r) if isinstance(r, int) else None
                 if h is not None:
@@ -406,10 +385,6 @@ class Worker:
         self._ship()
         self.conn.send(("stats", self.wid, self.stats()))
         self.conn.send(("bye", self.wid))
-
-
-def _size(batch: list[tuple[float, int, bytes]]) -> int:
-    return sum(len(d) for _, _, d in batch) + BACKLOG_OVERHEAD * len(batch)
 
 
 def _wire(item: Any) -> Any:
