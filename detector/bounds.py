@@ -19,6 +19,8 @@ over ``--jobs`` workers) and for the live metrics (each worker ships it in its s
 | open alerts (aggregate.Aggregator)    | 100,000                                        | oldest alert written early                  |
 | alert-storm windows (storm.StormControl) | 10,000 (client, signature); 50 + 65,536 name hashes each, 500,000 in all | oldest window's aggregate written early |
 | summary hosts (pipeline.Stats)        | 10,000 clients, 64 names each                  | later clients counted together              |
+| live worker: flows (capture/live.LIVE_MAX_FLOWS) | 50,000 TCP streams, 50,000 flow counters, 50,000 core flows (per worker) | oldest, as above |
+| live worker: whole-packet backlog (live/worker) | 50,000 packets, 16 MiB (MAX_BACKLOG, MAX_BACKLOG_BYTES) | when full, packets wait in the kernel ring; a batch past the room left is dropped, counted (backlog drops) |
 """
 
 from __future__ import annotations

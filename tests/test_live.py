@@ -436,3 +436,37 @@ def test_live_errors_are_one_line(lab: Lab) -> None:
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "CAP_NET_RAW" in r.stderr, r.stderr
+
+
+def _rings(pid: int) -> dict[int, int]:
+    """Socket inode -> resident kB of the capture rings (PACKET_MMAP) process ``pid`` maps."""
+    out: dict[int, int] = {}
+    ino = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            ino = int(parts[5][8:-1]) if len(parts) >= 6 and parts[5].startswith("socket:[") else None
+        elif ino is not None and parts[0] == "Rss:":
+            out[ino] = out.get(ino, 0) + int(parts[1])
+    return out
+
+
+def test_live_workers_map_only_their_own_capture_rings(lab: Lab) -> None:
+    """Each capture ring (--buffer-size) counts in full in the resident size of every
+    process that maps it: a worker must not inherit the other workers' rings."""
+    live = Live(lab, "--workers", "2", "--buffer-size", "8MiB", "--settle", "0", name="rings")
+    try:
+        ctl = live.proc.pid  # `ip netns exec` execs the detector
+        kids = [int(p) for p in Path(f"/proc/{ctl}/task/{ctl}/children").read_text().split()]
+        assert len(kids) == 2
+        mine = _rings(ctl)
+        assert len(mine) == 4 and all(kb >= 8 * 1024 for kb in mine.values())  # heads + whole per worker
+        w0, w1 = _rings(kids[0]), _rings(kids[1])
+        assert len(w0) == 2 and len(w1) == 2 and not set(w0) & set(w1) and set(w0) | set(w1) == set(mine)
+        # ... and they still capture
+        lab.nsrun("c", *DIG, f"@{SRV4}", "s07.upd.kaspersky.com", "A")
+        lab.nsrun("c2", *CURL, "-k", "--resolve", f"activation-v2.kaspersky.com:443:{SRV4}",
+                  "https://activation-v2.kaspersky.com/")
+        live.wait_contacts({(C1, "dns-query", "s07.upd.kaspersky.com"), (C2, "tls-sni", "activation-v2.kaspersky.com")})
+    finally:
+        assert live.stop() == 0

@@ -4,9 +4,17 @@ HTTP server, the worker wire format, and the one-line capture errors."""
 
 from __future__ import annotations
 
+import gc
+import random
 import socket
+import struct
+import sys
+import threading
+import time
+import tracemalloc
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pcapy
@@ -15,9 +23,11 @@ from scapy.all import GRE, ICMP, IP, TCP, UDP, Ether, IPv6, Raw  # type: ignore[
 from scapy.layers.dns import DNS, DNSQR
 
 from detector.capture import live as cap
-from detector.live.worker import WorkerProc, _wire
+from detector.capture.live import LIVE_MAX_FLOWS
+from detector.live.worker import Worker, WorkerProc, _wire, live_detector
 from detector.metrics import CONTENT_TYPE, MetricsServer, Sample, render
 from detector.model import Evidence, Match, Observation, Strength
+from detector.pipeline import Detector
 from detector.settle import LiveDedup
 from detector.signatures import load_signatures
 
@@ -233,3 +243,187 @@ def test_control_messages_go_through_the_sender_thread() -> None:
     w.outbox.put(big)
     w.outbox.put(("stop",))
     assert theirs.recv() == big and theirs.recv() == ("stop",)
+
+
+# -- a worker's statistics and its feeding threads ---------------------------------------------
+def _hello_head(i: int) -> bytes:
+    """The first segment of a ClientHello from client 198.18.x.y: a stream Python keeps."""
+    f = bytearray(FRAMES["tcp-hello"][0])
+    f[26:30] = struct.pack("!I", 0xC6120000 + i)  # source address
+    return bytes(f)
+
+
+def test_worker_statistics_wait_for_the_packet_loop() -> None:
+    """stats() walks the detector's tables; it must do so under the lock the heads
+    threads feed under, not while one of them inserts."""
+    w = Worker(0, [], Detector(SIGS, collect=True), None, 16)
+    got: list[dict[str, Any]] = []
+    with w.lock:  # a heads thread in the middle of a packet
+        t = threading.Thread(target=lambda: got.append(w.stats()))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not got
+    t.join(5)
+    assert len(got) == 1 and got[0]["state_streams"] == 0
+
+
+def test_worker_statistics_while_a_heads_thread_feeds() -> None:
+    """The SYN-flood crash of a live worker ("OrderedDict mutated during iteration" in
+    bounds.state): a thread feeds new streams packet by packet as the heads callback does,
+    while the main thread sends statistics.  With real threads and a real Detector."""
+    w = Worker(0, [], Detector(SIGS, collect=True), None, 16)
+    n = 10_000
+    frames = [(1.0 + i * 1e-4, 1, _hello_head(i)) for i in range(n)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as two busy threads on a span port do
+
+    def feed() -> None:
+        for item in frames:
+            with w.lock:
+                w.feed_batch([item])
+
+    t = threading.Thread(target=feed)
+    try:
+        t.start()
+        rounds = 0
+        while t.is_alive():
+            st = w.stats()
+            assert st["state_streams"] <= n
+            rounds += 1
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert rounds > 1 and w.stats()["state_streams"] == n
+
+
+def _syn(rng: random.Random) -> bytes:
+    """A SYN from a random source to a random port (a SYN flood)."""
+    f = bytearray(FRAMES["tcp-syn"][0])
+    f[26:30] = rng.randbytes(4)
+    f[34:38] = rng.randbytes(4)  # ports
+    f[38:42] = rng.randbytes(4)  # sequence number
+    return bytes(f)
+
+
+def test_a_live_worker_stays_small_under_a_syn_flood() -> None:
+    """In live every SYN reaches Python (the whole handle): a flood of them from random
+    sources fills the stream and flow-counter tables, about 0.9 KB each.  A worker's
+    tables are capped at LIVE_MAX_FLOWS, the oldest evicted and counted."""
+    rng = random.Random(7)
+    n = 100_000
+    frames = [_syn(rng) for _ in range(n)]
+    det = live_detector(SIGS)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i, f in enumerate(frames):
+            det.feed(1.0 + i * 1e-5, 1, f)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 60 << 20, f"{grown >> 20} MB for {n:,} SYNs"
+    assert len(det.flows) == len(det.flowc) == LIVE_MAX_FLOWS
+    assert det.flows.evicted == det.flowc.evicted == n - LIVE_MAX_FLOWS
+
+
+def test_the_backlog_is_bounded_in_bytes_and_a_full_one_drops_nothing(tmp_path: Path) -> None:
+    """Whole packets wait for the heads threads in a backlog bounded in packets and in
+    bytes (50,000 full-size frames would be 75 MB).  Once it is full the rest waits in the
+    capture handle (the kernel ring), not read to be dropped: a DNS flood behind a busy
+    heads thread lost hidden contacts so, with no kernel drop.  A real libpcap handle."""
+    frame = bytes(E / IP(src=C, dst=S, flags="MF", proto=17) / Raw(b"f" * 1480))
+    n = 20_000
+    path = tmp_path / "frags.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i in range(n):
+            fh.write(struct.pack("<IIII", 1_767_225_600 + i // 1000, i % 1000, len(frame), len(frame)) + frame)
+    h = cap.Handle("file", "whole", 0, pcapy.open_offline(str(path)), 1, 14, "")
+    w = Worker(0, [], live_detector(SIGS), None, 16)
+    w.heads_active = time.monotonic() + 3600  # the heads threads are busy: whole packets queue
+    while w._read_whole(h):
+        pass
+    queued = sum(len(d) for batch in w.backlog.batches for _, _, d in batch)
+    assert queued <= cap.MAX_BACKLOG_BYTES and w.backlog.bytes <= cap.MAX_BACKLOG_BYTES
+    assert 0 < w.backlog.packets < n and w.counters.backlog_drops == 0
+    w.heads_active = 0.0  # the heads threads went idle: the backlog, then the rest of the handle
+    while w._read_whole(h):
+        pass
+    assert w.backlog.packets == w.backlog.bytes == 0 and w.det.stats.packets == n and w.counters.backlog_drops == 0
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_live_workers_core_flow_table_is_capped() -> None:
+    """A million distinct flows (benchmarks/adversarial.py, "flows"): their heads go
+    through the compiled core's classifier, whose flow table a live worker caps at
+    LIVE_MAX_FLOWS (about 0.55 KB a flow; the core's own default, 200,000, made a worker
+    290 MB with its capture rings)."""
+    from detector.capture import core
+
+    if core._core is None:
+        pytest.skip("the compiled core is not built")
+    rng = random.Random(3)
+    n = 150_000
+    tmpl = bytes(E / IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="PA") / Raw(b"\0" * 64))
+    frames = []
+    for i in range(n):  # one segment of 64 random bytes per flow, as the benchmark's
+        f = bytearray(tmpl)
+        f[26:30] = rng.randbytes(4)
+        f[34:38] = rng.randbytes(4)  # ports
+        f[54:] = rng.randbytes(64)
+        frames.append((1.0 + i * 1e-5, 1, bytes(f)))
+    w = Worker(0, [], live_detector(SIGS), None, 16)
+    before = _rss_kb()
+    for i in range(0, n, 512):
+        w.feed_heads(frames[i : i + 512])
+    grown = _rss_kb() - before
+    st = w.stats()
+    assert st["state_core_flows_evicted"] >= n - LIVE_MAX_FLOWS
+    assert grown < 50 * 1024, f"{grown >> 10} MB for {n:,} flows"
+
+
+def test_a_flood_of_hits_travels_in_small_messages(tmp_path: Path) -> None:
+    """A random-subdomain DNS flood under a Kaspersky name: every query is a hit the
+    worker ships to the controller.  Up to 64 batches are read at a time; their hits go
+    in messages of about SHIP_MATCHES (unpickled, about 1.6 KB each), not one of 32,768
+    packets' worth, which both processes would hold at once."""
+    from multiprocessing import Pipe
+
+    tmpl = bytes(E / IP(src=C, dst=S) / UDP(sport=40004, dport=53, chksum=0) / DNS(qd=DNSQR(qname="a" * 12 + ".upd.kaspersky.com")))
+    at = tmpl.index(b"a" * 12)
+    rng = random.Random(5)
+    n = 5_000
+    path = tmp_path / "dns-flood.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i in range(n):
+            f = tmpl[:at] + bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12)) + tmpl[at + 12 :]
+            fh.write(struct.pack("<IIII", 1_767_225_600, i, len(f), len(f)) + f)
+    mine, theirs = Pipe()
+    got: list[Any] = []
+
+    def read() -> None:
+        while (m := theirs.recv()) != ("end",):
+            got.append(m)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        w = Worker(0, [], live_detector(SIGS), mine, 16)
+        h = cap.Handle("file", "whole", 0, pcapy.open_offline(str(path)), 1, 14, "")
+        while w._read_whole(h):
+            pass
+        w._ship()
+    finally:
+        mine.send(("end",))
+        reader.join(10)
+    sizes = [len(m[3]) for m in got if m[0] == "matches"]
+    assert sum(sizes) == n
+    assert max(sizes) <= cap.SHIP_MATCHES + cap.BATCH, sizes

@@ -86,14 +86,16 @@ def prefilter(matcher: Matcher) -> tuple[tuple[bytes, ...] | None, list[list[byt
     return anchors, tails
 
 
-def live_classifier(matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD) -> object | None:
+def live_classifier(matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD, max_flows: int | None = None) -> object | None:
     """The core's classifier for frames a live capture hands over in batches, or None
-    where the core is not built."""
+    where the core is not built.  ``max_flows`` caps its flow table (the core's default,
+    200,000, otherwise)."""
     if _core is None:
         return None
     anchors, tails = prefilter(matcher)
+    cap = {} if max_flows is None else {"max_flows": max_flows}
     return _core.Classifier(list(anchors) if anchors is not None else None, matcher.ports(6), matcher.ports(17),
-                            flow_head=flow_head, tails=tails)
+                            flow_head=flow_head, tails=tails, **cap)
 
 
 class StormMuter:

@@ -65,7 +65,17 @@ CHUNK = 1 << 16  # packets per classifier call: its flow table starts afresh eac
 CHUNK_SECONDS = 60.0  # ... and at least this often, so a reused 5-tuple is seen anew
 BATCH = 512  # whole-handle packets per next_batch call
 MAX_BACKLOG = 50_000  # whole packets queued for the heads threads before they are dropped
+MAX_BACKLOG_BYTES = 16 << 20  # ... and their bytes (frame + 128 per packet): 50,000 full frames would be 75 MB
+BACKLOG_OVERHEAD = 128  # bytes a queued packet costs beyond its frame (tuple, float, bytes header)
+BACKLOG_FRAME = 1_518  # the frame size room is kept for: a full backlog leaves packets in the ring
+# A live worker's flow tables, per worker: the Python stream and flow-counter tables
+# (decode/flows.py, decode/flowcount.py; about 0.9 KB per entry: a SYN flood from random
+# sources, which reaches Python in live, stays near 45 MB) and the compiled core's flow
+# table (about 0.55 KB per flow).  Replay keeps 150,000 and 200,000: its core sheds floods
+# before Python, and it has no capture rings to fit beside them.
+LIVE_MAX_FLOWS = 50_000
 SHIP_SECONDS = 0.05  # how often a worker sends its matches to the controller
+SHIP_MATCHES = 1_000  # ... and as soon as it holds this many (a DNS flood: about 1.6 KB each, unpickled)
 STATS_SECONDS = 1.0  # how often a worker sends its counters
 
 # --- kernel-side filters ---------------------------------------------------------------
@@ -229,6 +239,51 @@ def open_handles(opts: CaptureOptions, fanout_base: int | None = None) -> list[l
                     cap.setnonblock(1)  # read after select(); libpcap's poll would block forever
                 out[k].append(Handle(iface, role, k, cap, linktype, l2_offset, bpf))
     return out
+
+
+_MADV_DONTFORK, _MADV_DOFORK = 10, 11
+
+
+def _socket_maps() -> dict[int, list[tuple[int, int]]]:
+    """Socket inode -> (address, length) of the mappings of this process that map a socket:
+    libpcap's capture rings (PACKET_MMAP), shown as ``socket:[inode]`` in /proc/self/maps."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("socket:[") and parts[5].endswith("]"):
+                lo, _, hi = parts[0].partition("-")
+                with contextlib.suppress(ValueError):
+                    out.setdefault(int(parts[5][8:-1]), []).append((int(lo, 16), int(hi, 16) - int(lo, 16)))
+    return out
+
+
+def inherit_rings(handles: Iterable[Handle], mine: Iterable[Handle]) -> int:
+    """Before forking a worker: let it inherit the capture rings of its own handles
+    (``mine``) only.  Every ring (``--buffer-size``) is mapped in the process that opened it
+    and counts in full in the resident size of every process that maps it; without this a
+    worker would map every worker's rings.  The others' are marked MADV_DONTFORK (the
+    worker never reads those handles, and keeps them referenced, so libpcap never touches
+    them there), its own MADV_DOFORK.  Returns how many rings are left out; a ring not
+    found (no PACKET_MMAP) is simply inherited as before."""
+    own = {_inode(h) for h in mine}
+    maps = _socket_maps()
+    libc = _libc()
+    left_out = 0
+    for h in handles:
+        ino = _inode(h)
+        advice = _MADV_DOFORK if ino in own else _MADV_DONTFORK
+        for addr, length in maps.get(ino, ()):
+            if libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), advice) == 0 and ino not in own:
+                left_out += 1
+    return left_out
+
+
+def _inode(h: Handle) -> int:
+    try:
+        return os.fstat(h.cap.getfd()).st_ino
+    except (OSError, ValueError, AttributeError):
+        return -1
 
 
 def refilter(handles: Iterable[Handle], udp_ports: Iterable[int]) -> int:

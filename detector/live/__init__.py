@@ -33,6 +33,7 @@ resolves the settings and calls ``run``:
 - ``worker.py``: the capture workers (``Worker.feed_batch`` is the per-packet loop) and the
   controller's handle on each;
 - ``dedup.py``: the live emission policy above;
+- ``backlog.py``: the whole packets a worker holds while its heads threads are busy;
 - ``reload.py``: SIGHUP;
 - ``health.py``: kernel drops, the statistics line, the Prometheus samples;
 - ``log.py``: the log lines.

@@ -89,6 +89,7 @@ class Controller:
                 others.append(self.metrics.httpd.socket)
             sys.stdout.flush()
             sys.stderr.flush()
+            cap.inherit_rings(self.all_handles, hs)  # only its own capture rings
             pid = os.fork()
             if pid == 0:  # the worker
                 worker_main(wid, hs, theirs, self.sigsets[1].set, self.settings.flow_head, parent, others)
@@ -96,6 +97,7 @@ class Controller:
             w = WorkerProc(wid, pid, mine)
             w.start_sender()
             self.workers.append(w)
+        cap.inherit_rings(self.all_handles, self.all_handles)  # as they were
 
     def install_signals(self) -> socket.socket:
         r, w = socket.socketpair()

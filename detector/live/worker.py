@@ -28,7 +28,6 @@ import struct
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -42,13 +41,15 @@ from ..capture.live import (
     BATCH,
     CHUNK,
     CHUNK_SECONDS,
-    MAX_BACKLOG,
+    LIVE_MAX_FLOWS,
+    SHIP_MATCHES,
     SHIP_SECONDS,
     STATS_SECONDS,
     Handle,
 )
 from ..pipeline import Detector
 from ..signatures import SignatureSet
+from .backlog import Backlog
 
 
 # --- the controller's side -------------------------------------------------------------------
@@ -94,8 +95,7 @@ def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: Sig
         for c in close_fds:
             with contextlib.suppress(Exception):
                 c.close()
-        det = Detector(sigs, collect=True)
-        Worker(wid, handles, det, conn, flow_head).run()
+        Worker(wid, handles, live_detector(sigs), conn, flow_head).run()
     except BaseException as exc:  # noqa: BLE001 - reported to the controller, then exit
         code = 1
         with contextlib.suppress(Exception):
@@ -103,6 +103,11 @@ def worker_main(wid: int, handles: list[cap.Handle], conn: Connection, sigs: Sig
             conn.send(("trace", wid, traceback.format_exc()))
     os._exit(code)
 
+
+def live_detector(sigs: SignatureSet) -> Detector:
+    """A worker's pipeline: raw matches collected for the controller, and the flow tables
+    capped at ``LIVE_MAX_FLOWS`` (every SYN of the whole handle reaches Python in live)."""
+    return Detector(sigs, collect=True, max_flows=LIVE_MAX_FLOWS)
 
 
 # --- the worker process ----------------------------------------------------------------------
@@ -148,15 +153,14 @@ class Worker:
         self.conn = conn
         self.flow_head = flow_head
         self.lock = threading.Lock()
-        self.backlog: deque[list[tuple[float, int, bytes]]] = deque()
-        self.backlog_pkts = 0
+        self.backlog = Backlog()  # whole packets waiting for the busy heads threads
         self.heads_active = 0.0  # monotonic time of the last heads callback
         self.counters = WorkerCounters()
         self.gen = 0
         self.fatal: str | None = None
         # The compiled core's classifier (None where it is not built): every batch goes
         # through it, and only the frames that can hold evidence reach the Python pipeline.
-        self.core: Any = core.live_classifier(det.matcher, flow_head)
+        self.core: Any = core.live_classifier(det.matcher, flow_head, LIVE_MAX_FLOWS)
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
@@ -192,10 +196,7 @@ class Worker:
             self._feed_records(self.core.tick(time.time()))
 
     def _drain(self) -> None:
-        backlog = self.backlog
-        while backlog:
-            batch = backlog.popleft()
-            self.backlog_pkts -= len(batch)
+        for batch in self.backlog.take():
             self.feed_batch(batch)
 
     # -- heads threads ----------------------------------------------------------------
@@ -241,6 +242,8 @@ class Worker:
         n_total = 0
         lt = h.linktype
         for _ in range(64):  # at most 64 batches before looking at the pipe again
+            if self._backlog_full():
+                break  # the rest waits in the kernel ring
             try:
                 pkts, meta = h.cap.next_batch(BATCH)
             except Exception as exc:  # noqa: BLE001
@@ -255,18 +258,21 @@ class Worker:
             if time.monotonic() - self.heads_active < 0.2:
                 # The heads threads are busy: they feed these between their own packets.
                 with self.lock:
-                    if self.backlog_pkts + n > MAX_BACKLOG:
+                    if not self.backlog.add(batch):
                         self.counters.backlog_drops += n
-                    else:
-                        self.backlog.append(batch)
-                        self.backlog_pkts += n
             else:
                 with self.lock:
                     self._drain()
                     self.feed_batch(batch)
+            if len(self.det.collected) >= SHIP_MATCHES:
+                self._ship()  # a flood of hits travels in small messages, not one of 64 batches
             if n < BATCH:
                 break
         return n_total
+
+    def _backlog_full(self) -> bool:
+        """Heads threads busy and no room for a batch: reading the whole handle would drop."""
+        return time.monotonic() - self.heads_active < 0.2 and not self.backlog.room()
 
     def _take(self) -> list[Any]:
         """The matches collected so far (caller holds the lock)."""
@@ -285,6 +291,12 @@ class Worker:
         self._send_matches(self.gen, items)
 
     def stats(self) -> dict[str, Any]:
+        """Counters and table sizes, under the lock: a heads thread feeding meanwhile changes
+        the tables walked ("OrderedDict mutated during iteration" ended a worker)."""
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         det = self.det
         st = det.stats
         admitted = shed = 0
@@ -300,7 +312,7 @@ class Worker:
             "heads_admitted": admitted,
             "shed": shed,
             "whole": self.counters.whole,
-            "backlog": self.backlog_pkts,
+            "backlog": self.backlog.packets,
             "backlog_drops": self.counters.backlog_drops,
             "callback_errors": self.counters.callback_errors,
             "last_error": self.counters.last_error,
@@ -328,7 +340,7 @@ class Worker:
                     items = self._take()
                     self.det.set_signatures(sigs)
                     if self.core is not None:  # the new signatures' anchors and ports
-                        self.core = core.live_classifier(self.det.matcher, self.flow_head)
+                        self.core = core.live_classifier(self.det.matcher, self.flow_head, LIVE_MAX_FLOWS)
                     old, self.gen = self.gen, gen
                 self._send_matches(old, items)
                 self.conn.send(("ack", self.wid, gen))
@@ -344,7 +356,7 @@ class Worker:
         next_ship = next_stats = 0.0
         running = True
         while running:
-            ready, _, _ = select.select(fds, [], [], SHIP_SECONDS)
+            ready, _, _ = select.select(fds[:1] if self._backlog_full() else fds, [], [], SHIP_SECONDS)  # full: wait in the ring
             for r in ready:
                 h = by_fd.get(r) if isinstance(r, int) else None
                 if h is not None:
