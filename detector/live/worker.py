@@ -164,11 +164,10 @@ class Worker:
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
-        """The per-packet loop of the whole handle (DNS, SYN/FIN/RST, QUIC, IPv6, ...):
-        (timestamp, link type, frame) in capture order, straight to the Python pipeline."""
+        """The per-packet loop of the whole handle (DNS, SYN/FIN/RST, QUIC, IPv6, ...): (timestamp,
+        link type, frame) in capture order, to the Python pipeline; its DNS also teaches the core."""
         if self.core is not None:
-            batch = list(batch)
-            self.core.learn_many(batch)  # its DNS answers: addresses the heads' flows may go to
+            self.core.learn_many(batch := list(batch))  # addresses the heads' flows may go to
         feed = self.det.feed
         for ts, lt, data in batch:
             feed(ts, lt, data)
