@@ -132,13 +132,6 @@ mod python {
 
     type Counted = (u64, u64, bool, f64, f64, Vec<String>);
 
-    fn take_counted(cls: &mut Classifier, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
-        Ok(cls
-            .mutes
-            .take(addr_of(client)?, key)
-            .map(|c| (c.hits, c.distinct, c.exact, c.first, c.last, c.sample)))
-    }
-
     /// Reads one capture file and yields the frames that can hold evidence, in batches.
     #[pyclass(module = "detector._core", unsendable)]
     struct Scanner {
@@ -261,7 +254,11 @@ mod python {
 
         /// End a mute: `(hits, distinct, exact, first, last, sample)` or None if it counted nothing.
         fn take_mute(&mut self, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
-            take_counted(&mut self.cls, client, key)
+            Ok(self
+                .cls
+                .mutes
+                .take(addr_of(client)?, key)
+                .map(|c| (c.hits, c.distinct, c.exact, c.first, c.last, c.sample)))
         }
 
         #[getter]
