@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from detector.capture import core
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 pytestmark = pytest.mark.netns
@@ -219,13 +221,14 @@ def lab():
 class Live:
     """A running ``detector live`` in the monitor namespace."""
 
-    def __init__(self, lab: Lab, *extra: str, name: str = "live") -> None:
+    def __init__(self, lab: Lab, *extra: str, name: str = "live", env: dict[str, str] | None = None) -> None:
         self.lab = lab
         self.out = lab.dir / f"{name}.json"
         self.err_path = lab.dir / f"{name}.err"
         self._err = open(self.err_path, "w")  # noqa: SIM115 - closed in stop()
         cmd = [*_detector_cmd(), "-i", "eth0", "--stats-interval", "0", "--output", str(self.out), *extra]
-        self.proc = lab.start("m", cmd, stdout=subprocess.DEVNULL, stderr=self._err, cwd=REPO)
+        self.proc = lab.start("m", cmd, stdout=subprocess.DEVNULL, stderr=self._err, cwd=REPO,
+                              env={**os.environ, **(env or {})})
         self.wait_log("capturing on", 20)
 
     def log(self) -> str:
@@ -378,8 +381,13 @@ def test_live_alerts_every_contact_reload_and_stop(lab: Lab) -> None:
     assert len(live.alerts()) == 9
 
 
-def test_live_two_workers_dedup_and_flush_on_stop(lab: Lab) -> None:
-    live = Live(lab, "--workers", "2", "--settle", "0", name="live2")
+@pytest.mark.parametrize("path", ["core", "python"])
+def test_live_two_workers_dedup_and_flush_on_stop(lab: Lab, path: str) -> None:
+    """With the compiled core (one handle per interface) and without it (KD_NO_CORE=1:
+    heads and whole handles, the C flow-head classifier, Python)."""
+    env = {"KD_NO_CORE": "1"} if path == "python" else {}
+    live = Live(lab, "--workers", "2", "--settle", "0", name=f"live2-{path}", env=env)
+    assert ("through the compiled core" in live.log()) == (path == "core" and core.AVAILABLE)
     assert len(live.pids()) == 3  # the controller and two workers
     # Many flows (new source ports), so both workers get some; repeats of one contact from
     # different ports land on either worker and still make one alert.
@@ -402,7 +410,7 @@ def test_live_two_workers_dedup_and_flush_on_stop(lab: Lab) -> None:
 
     # An alert still held (a long --settle) is written when the detector is stopped.
     assert live.stop() == 0
-    held = Live(lab, "--workers", "2", "--settle", "30", name="held")
+    held = Live(lab, "--workers", "2", "--settle", "30", name=f"held-{path}", env=env)
     lab.nsrun("c2", *DIG, f"@{SRV4}", "s05.upd.kaspersky.com", "A")
     time.sleep(1.0)
     assert held.alerts() == []
@@ -460,9 +468,10 @@ def test_live_workers_map_only_their_own_capture_rings(lab: Lab) -> None:
         kids = [int(p) for p in Path(f"/proc/{ctl}/task/{ctl}/children").read_text().split()]
         assert len(kids) == 2
         mine = _rings(ctl)
-        assert len(mine) == 4 and all(kb >= 8 * 1024 for kb in mine.values())  # heads + whole per worker
+        per = 1 if core.AVAILABLE else 2  # one handle per worker with the compiled core, else heads + whole
+        assert len(mine) == 2 * per and all(kb >= 8 * 1024 for kb in mine.values())
         w0, w1 = _rings(kids[0]), _rings(kids[1])
-        assert len(w0) == 2 and len(w1) == 2 and not set(w0) & set(w1) and set(w0) | set(w1) == set(mine)
+        assert len(w0) == len(w1) == per and not set(w0) & set(w1) and set(w0) | set(w1) == set(mine)
         # ... and they still capture
         lab.nsrun("c", *DIG, f"@{SRV4}", "s07.upd.kaspersky.com", "A")
         lab.nsrun("c2", *CURL, "-k", "--resolve", f"activation-v2.kaspersky.com:443:{SRV4}",

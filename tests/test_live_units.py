@@ -80,6 +80,17 @@ def test_filters_pass_each_packet_to_one_handle_at_most(name: str, tagged: bool)
     assert got == ({want} if want else set())
 
 
+@pytest.mark.parametrize("tagged", [False, True], ids=["untagged", "vlan"])
+def test_the_one_handle_of_the_core_takes_every_ip_packet(tagged: bool) -> None:
+    """With the compiled core each interface has one handle ("all"): every IPv4/IPv6
+    packet, tagged or not, whichever of the two handles it would go to without the core."""
+    prog = pcapy.compile(pcapy.DLT_EN10MB, 65535, cap.all_filter(True), 1, 0)
+    for name, (frame, _want) in FRAMES.items():
+        if tagged:
+            frame = _vlan(frame)
+        assert bool(prog.filter(frame)) == (name != "arp"), name
+
+
 def test_whole_filter_takes_udp_ports_of_port_signatures() -> None:
     frame = bytes(E / IP(src=C, dst=S) / UDP(sport=40000, dport=5000) / Raw(b"u" * 10))
     _, whole = cap.filters(True, udp_ports=(5000,))
@@ -341,6 +352,7 @@ def test_the_backlog_is_bounded_in_bytes_and_a_full_one_drops_nothing(tmp_path: 
             fh.write(struct.pack("<IIII", 1_767_225_600 + i // 1000, i % 1000, len(frame), len(frame)) + frame)
     h = cap.Handle("file", "whole", 0, pcapy.open_offline(str(path)), 1, 14, "")
     w = Worker(0, [], live_detector(SIGS), None, 16)
+    w.core = None  # two handles (no compiled core): only they have a backlog
     w.heads_active = time.monotonic() + 3600  # the heads threads are busy: whole packets queue
     while w._read_whole(h):
         pass
@@ -382,11 +394,47 @@ def test_a_live_workers_core_flow_table_is_capped() -> None:
     w = Worker(0, [], live_detector(SIGS), None, 16)
     before = _rss_kb()
     for i in range(0, n, 512):
-        w.feed_heads(frames[i : i + 512])
+        w.feed_raw(1, *_batch(frames[i : i + 512]))
     grown = _rss_kb() - before
     st = w.stats()
     assert st["state_core_flows_evicted"] >= n - LIVE_MAX_FLOWS
     assert grown < 50 * 1024, f"{grown >> 10} MB for {n:,} flows"
+
+
+def _batch(frames: list[tuple[float, int, bytes]]) -> tuple[bytes, bytes]:
+    """Frames as one libpcap batch (pcapy-ng's ``next_batch``): the frames end to end, and
+    per frame seconds, microseconds, offset and length."""
+    pkts, meta = bytearray(), bytearray()
+    for ts, _lt, f in frames:
+        meta += struct.pack("=IIII", int(ts), round((ts % 1) * 1e6) % 1_000_000, len(pkts), len(f))
+        pkts += f
+    return bytes(pkts), bytes(meta)
+
+
+@pytest.mark.parametrize("name", ["tls-split-chromium.pcap", "dns-udp-tcp.pcap", "http-host-proxy.pcap",
+                                  "negative-controls.pcap", "tls-sni.pcap"])
+def test_the_one_handle_through_the_core_matches_replay(name: str) -> None:
+    """A live worker with the compiled core: a real libpcap handle ("all") read in batches
+    into the core's classifier gives the matches a replay of the same capture gives."""
+    from detector.capture import core
+
+    if core._core is None:
+        pytest.skip("the compiled core is not built")
+    path = Path(__file__).resolve().parent.parent / "pcaps" / name
+    w = Worker(0, [], live_detector(SIGS), None, 16)
+    h = cap.Handle("file", "all", 0, pcapy.open_offline(str(path)), 1, 14, "")
+    while w._read_whole(h):
+        pass
+    w._feed_records(w.core.finish())
+    ref = live_detector(SIGS)
+    with core.CoreCapture(str(path), ref.matcher) as cf:
+        for ts, lt, data, counters, _learn in cf:
+            ref.feed(ts, lt, data, counters=counters)
+    got, want = [_wire(m) for m in w.det.collected], [_wire(m) for m in ref.collected]
+    assert got == want and (len(got) > 0) == (name != "negative-controls.pcap")
+    st = w.stats()
+    assert st["whole"] == w.core.stats()["packets"] and st["python_packets"] < st["whole"]
+    assert st["shed"] == st["whole"] - st["python_packets"]
 
 
 def test_a_flood_of_hits_travels_in_small_messages(tmp_path: Path) -> None:

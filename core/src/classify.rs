@@ -89,6 +89,8 @@ pub struct Stats {
     pub frags_shed: u64,
     /// DNS messages counted by an alert-storm mute instead of handed up (`mute.rs`).
     pub dns_muted: u64,
+    /// Live batches: frames whose offset and length lay outside the batch (`push_batch`).
+    pub bad_meta: u64,
     pub flows: u64,
     pub flows_evicted: u64,
     pub learned: u64,
@@ -471,13 +473,17 @@ impl Classifier {
         true
     }
 
-    /// Live: a frame another handle carries to Python whole. If it is DNS holding an
-    /// anchor, learn its answers' addresses, so the flows this classifier sees towards them
-    /// are handed up (a flow with no host name of its own, to an address a Kaspersky name
-    /// resolved to). Nothing is queued or counted.
-    pub fn learn_frame(&mut self, linktype: u32, data: &[u8]) {
-        if let Decoded::Ip(ip) = decode(linktype, data) {
-            self.learn_dns(&ip);
+    /// Live: one libpcap batch (see `PyClassifier::push_raw`): `meta` holds per frame four
+    /// native-endian u32 (seconds, microseconds, offset into `pkts`, captured length). A
+    /// frame whose bytes lie outside `pkts` is counted in `bad_meta` and skipped.
+    pub fn push_batch(&mut self, linktype: u32, pkts: &[u8], meta: &[u8]) {
+        for m in meta.chunks_exact(16) {
+            let w = |i: usize| u32::from_ne_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+            let (sec, usec, off, len) = (w(0), w(4), w(8) as usize, w(12) as usize);
+            match off.checked_add(len).and_then(|end| pkts.get(off..end)) {
+                Some(data) => self.push(f64::from(sec) + f64::from(usec) * 1e-6, linktype, data),
+                None => self.stats.bad_meta += 1,
+            }
         }
     }
 

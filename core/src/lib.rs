@@ -111,6 +111,7 @@ mod python {
         d.set_item("flows_port", s.flows_port)?;
         d.set_item("flows_learned", s.flows_learned)?;
         d.set_item("dns_muted", s.dns_muted)?;
+        d.set_item("bad_meta", s.bad_meta)?;
         Ok(d)
     }
 
@@ -337,14 +338,24 @@ mod python {
             to_py(py, recs)
         }
 
-        /// Live: frames of the other capture handle, going to Python whole; the DNS among
-        /// them teaches this classifier the addresses Kaspersky names resolve to.
-        fn learn_many(&mut self, py: Python<'_>, frames: Vec<(f64, u32, Vec<u8>)>) {
-            py.detach(|| {
-                for (_ts, lt, data) in &frames {
-                    self.cls.learn_frame(*lt, data);
-                }
+        /// Live, one capture handle: a libpcap batch as it comes (`pkts`, the frames end to
+        /// end; `meta`, per frame four native-endian u32: seconds, microseconds, offset in
+        /// `pkts`, captured length), so no frame becomes a Python object before the
+        /// classifier has judged it. Returns the records now ready.
+        fn push_raw<'py>(
+            &mut self,
+            py: Python<'py>,
+            linktype: u32,
+            pkts: &[u8],
+            meta: &[u8],
+        ) -> PyResult<Bound<'py, PyList>> {
+            let recs = py.detach(|| {
+                self.cls.push_batch(linktype, pkts, meta);
+                let mut out = Vec::new();
+                self.cls.drain(&mut out, usize::MAX);
+                out
             });
+            to_py(py, recs)
         }
 
         /// Live, between packets: the capture clock moved to `now` (frames waiting longer

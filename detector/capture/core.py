@@ -26,7 +26,10 @@ from ..signatures import Signature
 from ..storm import Counted, name_key
 from .pcap import PCAP_MAGICS, PCAPNG_SHB
 
+DISABLED = os.environ.get("KD_NO_CORE") == "1"  # diagnostics and tests: run as if it were not built
 try:
+    if DISABLED:
+        raise ImportError("KD_NO_CORE=1")
     from .. import _core  # type: ignore[attr-defined]
 except ImportError:  # built without a Rust toolchain: the pure-Python path serves
     _core = None
@@ -48,7 +51,8 @@ def warn_missing() -> None:
     global _warned
     if not AVAILABLE and not _warned:
         _warned = True
-        sys.stderr.write(f"detector: warning: {HOW_TO_BUILD}\n")
+        why = "KD_NO_CORE=1: the compiled core is not used, running the pure-Python path" if DISABLED else HOW_TO_BUILD
+        sys.stderr.write(f"detector: warning: {why}\n")
 
 
 def usable(path: str) -> bool:

@@ -1,6 +1,11 @@
 """Live capture from network interfaces (a span port, a tap), for ``detector live``.
 
-Each interface is read through two libpcap handles, like the replay fast path
+Where the compiled core is built (``CaptureOptions.one_handle``), each interface is read
+through one libpcap handle (role "all", every IPv4/IPv6 packet) whose batches go to the
+core's classifier whole (``Classifier.push_raw``): one pass in the order of the wire, as a
+replay, so a connection's SYN, data and FIN are seen in order.
+
+Without the core, each interface is read through two libpcap handles, like the replay fast path
 (``capture/fast.py``), but with the BPF filters in the kernel:
 
 - the **heads** handle takes plain IPv4 TCP (no fragment, not port 53, no SYN/FIN/RST
@@ -95,6 +100,14 @@ def whole_filter(udp_ports: Iterable[int] = ()) -> str:
     )
 
 
+# With the compiled core: every IP packet through one handle, in the order of the wire.
+ALL = "ip or ip6"
+
+
+def all_filter(ethernet: bool) -> str:
+    return f"{ALL} or (vlan and ({ALL}))" if ethernet else ALL
+
+
 def filters(ethernet: bool, udp_ports: Iterable[int] = ()) -> tuple[str, str]:
     """(heads, whole) BPF for one interface.  On Ethernet each also matches frames that
     still carry a VLAN tag inline (QinQ, or no VLAN offload); ``vlan`` comes last, where
@@ -152,7 +165,7 @@ def check_interface(name: str) -> None:
 # --- handles -----------------------------------------------------------------------------
 @dataclass
 class Handle:
-    """One libpcap handle: ``role`` is "heads" or "whole"."""
+    """One libpcap handle: ``role`` is "heads" or "whole", or "all" (``one_handle``)."""
 
     iface: str
     role: str
@@ -176,6 +189,7 @@ class CaptureOptions:
     buffer_size: int = DEFAULT_BUFFER
     promisc: bool = True
     udp_ports: tuple[int, ...] = ()
+    one_handle: bool = False  # the compiled core classifies: one "all" handle per interface
 
 
 def _open_one(iface: str, opts: CaptureOptions) -> Any:
@@ -218,14 +232,14 @@ def open_handles(opts: CaptureOptions, fanout_base: int | None = None) -> list[l
     out: list[list[Handle]] = [[] for _ in range(opts.workers)]
     for i, iface in enumerate(opts.interfaces):
         for k in range(opts.workers):
-            for role in ("heads", "whole"):
+            for role in ("all",) if opts.one_handle else ("heads", "whole"):
                 cap = _open_one(iface, opts)
                 dlt = cap.datalink()
                 if dlt not in LINKS:
                     raise LiveCaptureError(f"{iface}: link type {dlt} is not supported")
                 l2_offset, linktype = LINKS[dlt]
                 heads, whole = filters(dlt == 1, opts.udp_ports)
-                bpf = heads if role == "heads" else whole
+                bpf = all_filter(dlt == 1) if role == "all" else heads if role == "heads" else whole
                 try:
                     cap.setfilter(bpf)
                 except pcapy.PcapError as exc:
@@ -235,7 +249,7 @@ def open_handles(opts: CaptureOptions, fanout_base: int | None = None) -> list[l
                         cap.set_fanout(fanout_group(fanout_base, i, role), pcapy.PACKET_FANOUT_HASH)
                     except pcapy.PcapError as exc:
                         raise LiveCaptureError(f"{iface}: PACKET_FANOUT: {exc}") from None
-                if role == "whole":
+                if role != "heads":
                     cap.setnonblock(1)  # read after select(); libpcap's poll would block forever
                 out[k].append(Handle(iface, role, k, cap, linktype, l2_offset, bpf))
     return out

@@ -184,7 +184,13 @@ class Controller:
         s = self.settings
         ifaces = ", ".join(s.interface)
         log(f"capturing on {ifaces} with {len(self.workers)} worker(s), {len(self.sigsets[self.gen].set)} signatures, "
-            f"flow head {s.flow_head}, ring {s.buffer_size >> 20} MiB per handle; alerts to {', '.join(s.output)}")
+            f"flow head {s.flow_head}, ring {s.buffer_size >> 20} MiB per handle, {self._path()}; "
+            f"alerts to {', '.join(s.output)}")
+
+    def _path(self) -> str:
+        if any(h.role == "all" for h in self.all_handles):
+            return "one handle per interface through the compiled core"
+        return "heads and whole handles, pure Python (the compiled core is not built or KD_NO_CORE=1)"
         if self.metrics is not None:
             log(f"metrics on http://{self.metrics.address}/metrics")
 

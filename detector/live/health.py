@@ -50,7 +50,7 @@ class Health:
         if not log_drops:
             return
         for iface, (_, drop, ifdrop) in self.kstats.items():
-            rings = ", ".join(f"{role} {thousands(self.ring(iface, role))}" for role in ("heads", "whole"))
+            rings = ", ".join(f"{role} {thousands(self.ring(iface, role))}" for role in self.roles())
             self._drop_line(f"kernel:{iface}", drop, f"{iface}: the kernel dropped {{d}} packet(s) (total {{t}}; by "
                             f"ring: {rings}): a capture ring (--buffer-size) was full; capture continues")
             self._drop_line(f"if:{iface}", ifdrop, f"{iface}: the interface dropped {{d}} packet(s) (total {{t}}); "
@@ -58,6 +58,10 @@ class Health:
         back = sum(w.stats.get("backlog_drops", 0) for w in ctl.workers)
         self._drop_line("backlog", back, "workers dropped {d} whole packet(s) their parsers could not keep up with "
                         "(total {t}); capture continues")
+
+    def roles(self) -> list[str]:
+        """The capture rings' roles: "all" (with the compiled core), or "heads" and "whole"."""
+        return sorted({h.role for h in self.ctl.all_handles}) or ["heads", "whole"]
 
     def ring(self, iface: str, role: str) -> int:
         return sum(n for (i, r, _), n in self.ring_drops.items() if i == iface and r == role)
@@ -116,9 +120,10 @@ class Health:
             out.append(Sample("detector_packets_received_total", "counter", "Packets the kernel capture filter passed", recv, lab))
             out.append(Sample("detector_kernel_drops_total", "counter", "Packets dropped because the capture ring was full", drop, lab))
             out.append(Sample("detector_interface_drops_total", "counter", "Packets the interface dropped", ifdrop, lab))
-            for role in ("heads", "whole"):
-                out.append(Sample("detector_ring_drops_total", "counter", "Kernel drops by capture ring: heads (IPv4 "
-                                  "TCP, flow heads classified in C) or whole (DNS, SYN/FIN/RST, QUIC, IPv6, ...)",
+            for role in self.roles():
+                out.append(Sample("detector_ring_drops_total", "counter", "Kernel drops by capture ring: all (every "
+                                  "packet, to the compiled core), or heads (IPv4 TCP, flow heads classified in C) "
+                                  "and whole (DNS, SYN/FIN/RST, QUIC, IPv6, ...)",
                                   self.ring(iface, role), {"interface": iface, "ring": role}))
             rx = cap.interface_rx(iface)
             if rx is not None:

@@ -16,6 +16,7 @@ import pwd
 from typing import Any
 
 from .. import config as cfg
+from ..capture import core
 from ..capture import live as cap
 from ..errors import ConfigError, DetectorError, SinkError
 from ..metrics import MetricsServer
@@ -102,7 +103,7 @@ def run(settings: cfg.LiveSettings, cli_values: dict[str, Any], debug: bool = Fa
             handles = cap.open_handles(cap.CaptureOptions(
                 interfaces=settings.interface, workers=settings.workers, snaplen=settings.snaplen,
                 buffer_size=settings.buffer_size, promisc=settings.promisc,
-                udp_ports=cap.signature_udp_ports(sigs)))
+                udp_ports=cap.signature_udp_ports(sigs), one_handle=core.AVAILABLE))
         except cap.LiveCaptureError as exc:
             raise ConfigError(str(exc)) from exc
         snapshot = [""]

@@ -1,20 +1,19 @@
 """Capture workers: the forked processes that read the capture handles and run the
 pipeline, and the controller's handle on each of them.
 
-A worker (``Worker``) runs a ``Detector(collect=True)`` over its handles
-(``capture/live.py`` opened them in the controller):
+A worker (``Worker``) runs a ``Detector(collect=True)`` over its handles (opened by the
+controller, ``capture/live.py``).  With the compiled core, one handle per interface ("all"):
+the main thread hands each libpcap batch to the core's classifier as it is (``feed_raw``),
+which hands the Detector what can hold evidence, in the order of the wire.  Without it:
 
 - one thread per heads handle, blocked in ``loop_filtered`` (libpcap cannot be woken
   without a packet, so it gets a thread of its own); its callback feeds the Detector;
-- its main thread, which waits (``select``) on the whole handles (non-blocking) and on the
-  control pipe, feeds whole packets, ships matches and counters to the controller, and
-  swaps in new signatures on a reload.
+- the main thread waits (``select``) on the whole handles (non-blocking) and the control
+  pipe, feeds whole packets, ships matches and counters, swaps signatures on a reload.
 
-Both feed one Detector under one lock: the heads through the compiled core
-(``Worker.feed_heads``), the whole handle directly (``Worker.feed_batch``).  While the heads
-threads are busy, whole packets are queued (bounded) and fed by the heads callbacks, so
-neither thread starves the other for the GIL; when the heads are idle the main thread
-feeds them itself.
+Both feed one Detector under one lock (``feed_batch``).  While the heads threads are busy,
+whole packets are queued (bounded) and fed by the heads callbacks, so neither thread
+starves the other for the GIL; when the heads are idle the main thread feeds them itself.
 """
 
 from __future__ import annotations
@@ -148,7 +147,7 @@ class Worker:
     ) -> None:
         self.wid = wid
         self.heads = [_HeadsState(h) for h in handles if h.role == "heads"]
-        self.whole = [h for h in handles if h.role == "whole"]
+        self.whole = [h for h in handles if h.role != "heads"]  # read by the main thread
         self.det = det
         self.conn = conn
         self.flow_head = flow_head
@@ -163,25 +162,17 @@ class Worker:
         self.core: Any = core.live_classifier(det.matcher, flow_head, LIVE_MAX_FLOWS)
 
     # -- feeding (callers hold self.lock) ---------------------------------------------
+    def feed_raw(self, linktype: int, pkts: bytes, meta: bytes) -> None:
+        """One libpcap batch of an "all" handle (meta: sec, usec, offset, length per frame)
+        through the core's classifier; what it hands up goes to the Detector."""
+        self._feed_records(self.core.push_raw(linktype, pkts, meta))
+
     def feed_batch(self, batch: Iterable[tuple[float, int, bytes]]) -> None:
-        """The per-packet loop of the whole handle (DNS, SYN/FIN/RST, QUIC, IPv6, ...): (timestamp,
-        link type, frame) in capture order, to the Python pipeline; its DNS also teaches the core."""
-        if self.core is not None:
-            self.core.learn_many(batch := list(batch))  # addresses the heads' flows may go to
+        """Without the core: (timestamp, link type, frame) of a heads or whole handle (DNS,
+        SYN/FIN/RST, QUIC, IPv6, ...), in capture order, to the Python pipeline."""
         feed = self.det.feed
         for ts, lt, data in batch:
             feed(ts, lt, data)
-
-    def feed_heads(self, batch: list[tuple[float, int, bytes]]) -> None:
-        """The heads handle's IPv4 TCP segments (after the kernel BPF and the C flow-head
-        classifier): through the compiled core first, so only flows that can hold evidence
-        reach Python.  Only these go through it: the two handles are read by different
-        threads, so a connection's SYN/FIN (whole handle) may come before or after its
-        data, and the core must not restart or close a flow on them."""
-        if self.core is not None:
-            self._feed_records(self.core.push_many(batch))
-        else:
-            self.feed_batch(batch)
 
     def _feed_records(self, records: list[tuple[float, int, bytes, Any, bool]]) -> None:
         feed = self.det.feed
@@ -202,7 +193,7 @@ class Worker:
     def _heads_loop(self, st: _HeadsState) -> None:
         h = st.handle
         lt = h.linktype
-        feed_heads = self.feed_heads
+        feed_heads = self.feed_batch
         lock = self.lock
         mono = time.monotonic
         deadline = [0.0]
@@ -250,19 +241,21 @@ class Worker:
                 return n_total
             if not meta:
                 break
-            batch = [(sec + usec * 1e-6, lt, pkts[off : off + caplen]) for sec, usec, off, caplen in struct.iter_unpack("=IIII", meta)]
-            n = len(batch)
+            n = len(meta) // 16
             n_total += n
             self.counters.whole += n
-            if time.monotonic() - self.heads_active < 0.2:
+            if self.core is not None:  # one handle: the batch goes to the core as it is
+                with self.lock:
+                    self.feed_raw(lt, pkts, meta)
+            elif time.monotonic() - self.heads_active < 0.2:
                 # The heads threads are busy: they feed these between their own packets.
                 with self.lock:
-                    if not self.backlog.add(batch):
+                    if not self.backlog.add(_frames(lt, pkts, meta)):
                         self.counters.backlog_drops += n
             else:
                 with self.lock:
                     self._drain()
-                    self.feed_batch(batch)
+                    self.feed_batch(_frames(lt, pkts, meta))
             if len(self.det.collected) >= SHIP_MATCHES:
                 self._ship()  # a flood of hits travels in small messages, not one of 64 batches
             if n < BATCH:
@@ -303,6 +296,9 @@ class Worker:
             live = hs.handle.cap.filtered_stats()
             admitted += hs.admitted + live[0]
             shed += hs.shed + live[1]
+        cs = self.core.stats() if self.core is not None else None
+        if cs is not None:  # one handle: the core sheds what holds no evidence
+            shed += cs["packets"] - cs["delivered"]
         out: dict[str, Any] = {
             "python_packets": st.packets,
             "python_bytes": st.bytes,
@@ -321,8 +317,8 @@ class Worker:
             "generation": self.gen,
         }
         out.update({f"state_{k}": v for k, v in bounds.state(det).items()})  # every bounded table
-        if self.core is not None:
-            out.update({f"state_{k}": v for k, v in core.state_counters(self.core.stats()).items()})
+        if cs is not None:
+            out.update({f"state_{k}": v for k, v in core.state_counters(cs).items()})
         return out
 
     def _control(self) -> bool:
@@ -387,6 +383,10 @@ class Worker:
         self._ship()
         self.conn.send(("stats", self.wid, self.stats()))
         self.conn.send(("bye", self.wid))
+
+
+def _frames(lt: int, pkts: bytes, meta: bytes) -> list[tuple[float, int, bytes]]:
+    return [(sec + usec * 1e-6, lt, pkts[off : off + caplen]) for sec, usec, off, caplen in struct.iter_unpack("=IIII", meta)]
 
 
 def _wire(item: Any) -> Any:
