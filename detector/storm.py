@@ -197,6 +197,11 @@ class StormControl:
                 c["folded_names"] += 1
                 if len(w.sample) < self.sample:
                     w.sample.append(name)
+                if w.muted and self.muter is not None:
+                    # Folded here while the core mutes the window (a batch it classified
+                    # before the mute, when it reads ahead): its repeats stay Python's.
+                    self.muter.mute(obs.client, match.signature, w.start + self.window, [h],
+                                    self.sample - len(w.sample), self.count_repeats)
         else:
             w.overflow += 1
             c["folded_names"] += 1

@@ -22,6 +22,12 @@ mod python {
     use pyo3::prelude::*;
     use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{sync_channel, Receiver};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
     use crate::classify::{Classifier, Config, Record, Stats};
     use crate::reader::CaptureReader;
 
@@ -133,18 +139,137 @@ mod python {
 
     type Counted = (u64, u64, bool, f64, f64, Vec<String>);
 
-    /// Reads one capture file and yields the frames that can hold evidence, in batches.
-    #[pyclass(module = "detector._core", unsendable)]
-    struct Scanner {
+    /// The reading half of a `Scanner`: the file and the classifier.
+    struct Inner {
         reader: CaptureReader,
         cls: Classifier,
         finished: bool,
     }
 
+    impl Inner {
+        /// Up to `max` ready records into `out`, after reading at most `read` more frames.
+        fn fill(&mut self, out: &mut Vec<Record>, max: usize, read: usize) {
+            let mut budget = read.max(1);
+            loop {
+                self.cls.drain(out, max);
+                if out.len() >= max || self.finished || budget == 0 {
+                    break;
+                }
+                for _ in 0..budget.min(4096) {
+                    budget -= 1;
+                    match self.reader.next_frame() {
+                        Some(f) => {
+                            let (ts, lt) = (f.ts, f.linktype);
+                            let data = f.data;
+                            self.cls.push(ts, lt, data);
+                        }
+                        None => {
+                            self.cls.finish();
+                            self.finished = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if self.finished {
+                self.cls.drain(out, max);
+            }
+        }
+
+        fn done(&self) -> bool {
+            self.finished && self.cls.queue_len() == 0
+        }
+    }
+
+    /// One batch of a read-ahead thread, with where the file stood after it.
+    struct Ahead {
+        recs: Vec<Record>,
+        position: u64,
+        packets: u64,
+        done: bool,
+    }
+
+    /// The reading half on a thread of its own, `AHEAD_BATCHES` batches ahead of Python.
+    struct Running {
+        rx: Receiver<Ahead>,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Box<Inner>>,
+    }
+
+    const AHEAD_BATCHES: usize = 4;
+
+    /// Reads one capture file and yields the frames that can hold evidence, in batches.
+    ///
+    /// With `read_ahead`, the file is read and classified on a thread of its own while Python
+    /// works on the batches already handed out (two cores: the core's share of the time
+    /// leaves the critical path). The classifier takes no input from Python but the
+    /// alert-storm mutes: the first `mute` (or `stats`, `warning`, ...) stops the thread and
+    /// keeps the batches it had made, to be handed out first; from then on the file is
+    /// read on demand, so a mute applies from the next frame read, and the records
+    /// classified before it reach Python, as without read-ahead they would have been
+    /// counted by the mute. `storm.py` hands the core the names it folds from those
+    /// (`except_key`), so each name is counted by one side only.
+    #[pyclass(module = "detector._core", unsendable)]
+    struct Scanner {
+        inner: Option<Box<Inner>>,
+        running: Option<Running>,
+        pending: VecDeque<Ahead>,
+        read_ahead: bool,
+        position: u64,
+        packets: u64,
+        format: &'static str,
+    }
+
+    impl Scanner {
+        /// Stop the read-ahead thread (if any) and keep what it made; the reading half is
+        /// here again.
+        fn settle(&mut self) -> &mut Inner {
+            self.read_ahead = false;
+            if let Some(r) = self.running.take() {
+                r.stop.store(true, Ordering::Relaxed);
+                while let Ok(b) = r.rx.recv() {
+                    self.pending.push_back(b);
+                }
+                match r.thread.join() {
+                    Ok(inner) => self.inner = Some(inner),
+                    Err(e) => std::panic::resume_unwind(e),
+                }
+            }
+            self.inner.as_mut().expect("the reading half is here")
+        }
+
+        fn start(&mut self, max: usize, read: usize) {
+            let Some(mut inner) = self.inner.take() else {
+                return;
+            };
+            let (tx, rx) = sync_channel::<Ahead>(AHEAD_BATCHES);
+            let stop = Arc::new(AtomicBool::new(false));
+            let halt = stop.clone();
+            let thread = std::thread::spawn(move || {
+                while !halt.load(Ordering::Relaxed) {
+                    let mut recs = Vec::with_capacity(max.min(65_536));
+                    inner.fill(&mut recs, max, read);
+                    let done = inner.done();
+                    let b = Ahead {
+                        recs,
+                        position: inner.reader.position(),
+                        packets: inner.cls.stats.packets,
+                        done,
+                    };
+                    if tx.send(b).is_err() || done {
+                        break;
+                    }
+                }
+                inner
+            });
+            self.running = Some(Running { rx, stop, thread });
+        }
+    }
+
     #[pymethods]
     impl Scanner {
         #[new]
-        #[pyo3(signature = (path, anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000, part=None, tails=None))]
+        #[pyo3(signature = (path, anchors, tcp_ports, udp_ports, flow_head=16, max_flows=200_000, part=None, tails=None, read_ahead=false))]
         #[allow(clippy::too_many_arguments)]
         fn new(
             path: &str,
@@ -155,16 +280,26 @@ mod python {
             max_flows: usize,
             part: Option<(u32, u32)>,
             tails: Option<Vec<Vec<Vec<u8>>>>,
+            read_ahead: bool,
         ) -> PyResult<Self> {
             let cfg = config(
                 anchors, tails, tcp_ports, udp_ports, flow_head, max_flows, part,
             )?;
             let reader = CaptureReader::open(path)
                 .map_err(|e| PyOSError::new_err(format!("{path}: {e}")))?;
+            let format = reader.format;
             Ok(Scanner {
-                reader,
-                cls: Classifier::new(cfg),
-                finished: false,
+                inner: Some(Box::new(Inner {
+                    reader,
+                    cls: Classifier::new(cfg),
+                    finished: false,
+                })),
+                running: None,
+                pending: VecDeque::new(),
+                read_ahead,
+                position: 0,
+                packets: 0,
+                format,
             })
         }
 
@@ -179,52 +314,70 @@ mod python {
             read: usize,
         ) -> PyResult<Bound<'py, PyList>> {
             let max = max.max(1);
+            if self.read_ahead && self.running.is_none() && self.pending.is_empty() {
+                self.start(max, read);
+            }
+            let got = match self.pending.pop_front() {
+                Some(b) => Some(b),
+                None => match self.running.take() {
+                    Some(r) => {
+                        let (r, got) = py.detach(move || {
+                            let got = r.rx.recv().ok();
+                            (r, got)
+                        });
+                        self.running = Some(r);
+                        got
+                    }
+                    None => None,
+                },
+            };
+            if let Some(b) = got {
+                self.position = b.position;
+                self.packets = b.packets;
+                if b.done {
+                    self.settle();
+                }
+                return to_py(py, b.recs);
+            }
+            if self.running.is_some() {
+                self.settle(); // the thread ended without a last batch (it cannot, but be safe)
+            }
+            let inner = self.inner.as_mut().expect("the reading half is here");
             let recs = py.detach(|| {
                 let mut out = Vec::with_capacity(max.min(65_536));
-                let mut budget = read.max(1);
-                loop {
-                    self.cls.drain(&mut out, max);
-                    if out.len() >= max || self.finished || budget == 0 {
-                        break;
-                    }
-                    for _ in 0..budget.min(4096) {
-                        budget -= 1;
-                        match self.reader.next_frame() {
-                            Some(f) => {
-                                let (ts, lt) = (f.ts, f.linktype);
-                                let data = f.data;
-                                self.cls.push(ts, lt, data);
-                            }
-                            None => {
-                                self.cls.finish();
-                                self.finished = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if self.finished {
-                    self.cls.drain(&mut out, max);
-                }
+                inner.fill(&mut out, max, read);
                 out
             });
+            self.position = inner.reader.position();
+            self.packets = inner.cls.stats.packets;
             to_py(py, recs)
         }
 
         /// True once the file is read and every record handed out.
         #[getter]
         fn done(&self) -> bool {
-            self.finished && self.cls.queue_len() == 0
+            self.running.is_none()
+                && self.pending.is_empty()
+                && self.inner.as_ref().is_some_and(|i| i.done())
         }
 
-        /// Bytes of the capture read so far (of the decompressed stream for gzip).
+        /// Bytes of the capture read so far (of the decompressed stream for gzip), as of the
+        /// last batch handed out.
         #[getter]
         fn position(&self) -> u64 {
-            self.reader.position()
+            self.position
         }
 
-        fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            stats_dict(py, &self.cls.stats, self.cls.flows_open())
+        /// Frames read so far, as of the last batch handed out.
+        #[getter]
+        fn packets(&self) -> u64 {
+            self.packets
+        }
+
+        /// The classifier's counters (stops a read-ahead: call it at the end).
+        fn stats<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let inner = self.settle();
+            stats_dict(py, &inner.cls.stats, inner.cls.flows_open())
         }
 
         /// Alert-storm muting (`mute.rs`): count, not hand up, the plain DNS questions of
@@ -242,36 +395,36 @@ mod python {
             sample: usize,
             repeats: bool,
         ) -> PyResult<bool> {
-            Ok(self.cls.mutes.add(
-                addr_of(client)?,
-                key,
-                until,
-                suffixes,
-                except,
-                sample,
-                repeats,
-            ))
+            let client = addr_of(client)?;
+            Ok(self
+                .settle()
+                .cls
+                .mutes
+                .add(client, key, until, suffixes, except, sample, repeats))
         }
 
         /// End a mute: `(hits, distinct, exact, first, last, sample)` or None if it counted nothing.
         fn take_mute(&mut self, client: &[u8], key: u64) -> PyResult<Option<Counted>> {
+            let client = addr_of(client)?;
             Ok(self
+                .settle()
                 .cls
                 .mutes
-                .take(addr_of(client)?, key)
+                .take(client, key)
                 .map(|c| (c.hits, c.distinct, c.exact, c.first, c.last, c.sample)))
         }
 
         #[getter]
-        fn warning(&self) -> Option<String> {
-            let z = if self.reader.decompression_bomb() {
+        fn warning(&mut self) -> Option<String> {
+            let reader = &self.settle().reader;
+            let z = if reader.decompression_bomb() {
                 Some("compressed data expands more than 200:1: a decompression bomb? rest skipped")
             } else {
-                self.reader
+                reader
                     .compressed_damage()
                     .then_some("compressed data ends early or is corrupt")
             };
-            match (self.reader.warning.clone(), z) {
+            match (reader.warning.clone(), z) {
                 (Some(w), Some(z)) => Some(format!("{z}; {w}")),
                 (Some(w), None) => Some(w),
                 (None, Some(z)) => Some(z.to_string()),
@@ -281,17 +434,17 @@ mod python {
 
         #[getter]
         fn format(&self) -> &'static str {
-            self.reader.format
+            self.format
         }
 
         #[getter]
-        fn compressed(&self) -> bool {
-            self.reader.compressed
+        fn compressed(&mut self) -> bool {
+            self.settle().reader.compressed
         }
 
         #[getter]
-        fn records(&self) -> u64 {
-            self.reader.records
+        fn records(&mut self) -> u64 {
+            self.settle().reader.records
         }
     }
 

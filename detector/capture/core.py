@@ -136,7 +136,8 @@ class CoreCapture:
     """Iterate the records the core hands up: ``(ts, linktype, data, counters, learn_only)``."""
 
     def __init__(self, path: str, matcher: Matcher, flow_head: int = DEFAULT_FLOW_HEAD,
-                 part: tuple[int, int] | None = None, max_flows: int = 100_000) -> None:
+                 part: tuple[int, int] | None = None, max_flows: int = 100_000,
+                 read_ahead: bool | None = None) -> None:
         assert _core is not None, "CoreCapture needs the compiled core"
         self.path = path
         anchors, tails = prefilter(matcher)
@@ -150,6 +151,8 @@ class CoreCapture:
                 max_flows=max_flows,
                 part=part,
                 tails=tails,
+                # a thread classifies ahead of Python (default: not for a share of a file, --jobs)
+                read_ahead=part is None if read_ahead is None else read_ahead,
             )
         except OSError as exc:
             raise CaptureError(str(exc)) from None
@@ -180,7 +183,7 @@ class CoreCapture:
         return pos
 
     def packets_read(self) -> int:
-        n: int = self._scanner.stats()["packets"]
+        n: int = self._scanner.packets
         return n
 
     def __iter__(self) -> Iterator[tuple[float, int, bytes, tuple | None, bool]]:
