@@ -1,35 +1,23 @@
 """Live capture from network interfaces (a span port, a tap), for ``detector live``.
 
-Where the compiled core is built (``CaptureOptions.one_handle``), each interface is read
-through one libpcap handle (role "all", every IPv4/IPv6 packet) whose batches go to the
-core's classifier whole (``Classifier.push_raw``): one pass in the order of the wire, as a
-replay, so a connection's SYN, data and FIN are seen in order.
+With the compiled core (``CaptureOptions.one_handle``), one libpcap handle per interface
+(role "all", every IPv4/IPv6 packet); its batches go to the core's classifier whole
+(``push_raw``), in the order of the wire, as in a replay.  Without it, two handles per
+interface, BPF filters in the kernel, disjoint (a packet reaches Python at most once):
 
-Without the core, each interface is read through two libpcap handles, like the replay fast path
-(``capture/fast.py``), but with the BPF filters in the kernel:
+- **heads**: plain IPv4 TCP (no fragment, not port 53, no SYN/FIN/RST); the pcapy-ng C
+  classifier (``loop_filtered``, ``flow_cutoff``) hands Python only the first ``flow_head``
+  packets of each direction of each flow (handshakes, ClientHellos also when split,
+  request heads, Security Center TCP ports); the bulk never becomes a Python object.
+- **whole**: every packet of the rest the pipeline can use: DNS, TCP SYN/FIN/RST (the
+  flow table sees connections open and close), QUIC long headers on UDP 443, Security
+  Center UDP ports, IPv4 fragments, tunnels (VXLAN, GENEVE, GRE), and all IPv6.
 
-- the **heads** handle takes plain IPv4 TCP (no fragment, not port 53, no SYN/FIN/RST
-  flag) and the pcapy-ng C classifier (``loop_filtered`` with ``flow_cutoff``) hands
-  Python only the first ``flow_head`` packets of each direction of each flow: handshakes,
-  ClientHellos (also when split over several segments), request heads.  The bulk after
-  them never becomes a Python object.
-- the **whole** handle takes everything else the pipeline can use, every packet: DNS
-  (port 53), TCP packets with SYN, FIN or RST (so the flow table sees connections open and
-  close, also after the head), QUIC long-header packets on UDP 443 (Initials), Kaspersky
-  Security Center UDP ports, IPv4 fragments, tunnels (VXLAN, GENEVE, GRE), and all IPv6
-  (the C classifier is IPv4-only, so IPv6 takes the exact path and no IPv6 detection is
-  lost).  Kaspersky Security Center TCP ports are plain TCP and are covered by the heads.
-
-The two filters are disjoint, so every packet reaches Python at most once.
-
-With ``workers > 1`` every worker has its own pair of handles per interface, joined to two
-``PACKET_FANOUT`` groups (hash) per interface: the kernel spreads the flows over the
-workers, a flow (both directions, its SYN/FIN in the whole handle and its data in the
-heads handle) always reaching the same worker.
-
-The handles are opened by the controller process while it still has the privileges
-(``CAP_NET_RAW``); worker processes inherit them through ``fork`` and read them
-(``detector/live/worker.py``).  This module also drops the privileges.
+With ``workers > 1`` each worker's handles join one ``PACKET_FANOUT`` group (hash) per
+interface and role: a flow (both directions, SYN/FIN and data) always reaches one worker.
+The controller opens the handles while it still has the privileges (``CAP_NET_RAW``);
+workers inherit them through ``fork`` (``detector/live/worker.py``).  This module also
+drops the privileges.
 """
 
 from __future__ import annotations
@@ -100,12 +88,9 @@ def whole_filter(udp_ports: Iterable[int] = ()) -> str:
     )
 
 
-# With the compiled core: every IP packet through one handle, in the order of the wire.
-ALL = "ip or ip6"
-
-
 def all_filter(ethernet: bool) -> str:
-    return f"{ALL} or (vlan and ({ALL}))" if ethernet else ALL
+    """With the compiled core: every IP packet, through one handle."""
+    return "ip or ip6 or (vlan and (ip or ip6))" if ethernet else "ip or ip6"
 
 
 def filters(ethernet: bool, udp_ports: Iterable[int] = ()) -> tuple[str, str]:
